@@ -1,0 +1,499 @@
+"""Compiled local Q-learning loops: the hot path of every client.
+
+Two layers, following ALGORITHMS.md sections 2, 5 and 6:
+
+- ``@njit`` loops (:func:`sync_q_steps`, :func:`async_q_steps`, :func:`average_reward_steps`,
+  :func:`q_operator_batch`) over plain float64/int64 C-contiguous arrays. They update in place
+  and trust their input: no checks, no Python objects, no allocation per step.
+- plain-Python drivers (``run_*``) that validate arguments, draw the randomness from a numpy
+  Generator in chunks of :data:`CHUNK_SIZE` uniforms (bounded memory for long runs) and call
+  the loops. The random-number convention is the one of :mod:`flower_qlearn.sampling`, and
+  Generator streams concatenate, so results do not depend on the chunk size and an async run
+  follows exactly the trajectory :class:`~flower_qlearn.sampling.MarkovChain` would sample.
+
+Call :func:`warmup` once per process before timing anything: it compiles (or loads from the
+on-disk cache) every loop.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from flower_qlearn.sampling import draw_next_states, markov_step
+
+__all__ = [
+    "CHUNK_SIZE",
+    "async_q_steps",
+    "average_reward_steps",
+    "q_operator_batch",
+    "run_async_q",
+    "run_average_reward",
+    "run_q_operator",
+    "run_sync_q",
+    "sync_q_steps",
+    "warmup",
+]
+
+# Uniforms drawn per chunk (512 KiB of float64): large enough that the Python overhead per
+# chunk is negligible, small enough that long runs never hold all their samples in memory.
+CHUNK_SIZE = 1 << 16
+
+
+# --------------------------------------------------------------------------- compiled loops
+
+
+@njit(cache=True)
+def sync_q_steps(
+    q: np.ndarray,
+    reward: np.ndarray,
+    gamma: float,
+    learning_rate: float,
+    next_states: np.ndarray,
+) -> None:
+    """Synchronous Q-learning steps, in place (ALGORITHMS.md section 2).
+
+    For each ``t``: ``V = max_a q`` taken before the step, then for every ``(s, a)``:
+    ``q[s, a] <- (1 - lr) q[s, a] + lr (reward[s, a] + gamma V[next_states[t, s, a]])``.
+    ``next_states`` is ``(T, S, A)`` int64.
+    """
+    num_states, num_actions = q.shape
+    values = np.empty(num_states)
+    keep = 1.0 - learning_rate
+    for t in range(next_states.shape[0]):
+        for s in range(num_states):
+            best = q[s, 0]
+            for a in range(1, num_actions):
+                if q[s, a] > best:
+                    best = q[s, a]
+            values[s] = best
+        for s in range(num_states):
+            for a in range(num_actions):
+                target = reward[s, a] + gamma * values[next_states[t, s, a]]
+                q[s, a] = keep * q[s, a] + learning_rate * target
+
+
+@njit(cache=True)
+def async_q_steps(
+    q: np.ndarray,
+    counts: np.ndarray,
+    reward: np.ndarray,
+    gamma: float,
+    learning_rate: float,
+    p_cdf: np.ndarray,
+    pi_cdf: np.ndarray,
+    state: int,
+    uniforms: np.ndarray,
+) -> int:
+    """Asynchronous Q-learning along a Markov trajectory, in place (ALGORITHMS.md section 2).
+
+    Step ``t`` from ``s``: ``a ~ pi_cdf[s]`` with ``uniforms[t, 0]``, ``s' ~ p_cdf[s, a]`` with
+    ``uniforms[t, 1]``; ``q[s, a] <- (1 - lr) q[s, a] + lr (reward[s, a] + gamma max_b q[s', b])``
+    and ``counts[s, a] += 1``. Returns the state after the last step.
+    """
+    num_actions = q.shape[1]
+    keep = 1.0 - learning_rate
+    for t in range(uniforms.shape[0]):
+        action, next_state = markov_step(p_cdf, pi_cdf, state, uniforms[t, 0], uniforms[t, 1])
+        best = q[next_state, 0]
+        for b in range(1, num_actions):
+            if q[next_state, b] > best:
+                best = q[next_state, b]
+        target = reward[state, action] + gamma * best
+        q[state, action] = keep * q[state, action] + learning_rate * target
+        counts[state, action] += 1
+        state = next_state
+    return state
+
+
+@njit(cache=True)
+def average_reward_steps(
+    q: np.ndarray,
+    reward: np.ndarray,
+    gamma: float,
+    v_frozen: np.ndarray,
+    step_sizes: np.ndarray,
+    next_states: np.ndarray,
+) -> None:
+    """Local steps of federated average-reward Q-learning, in place (ALGORITHMS.md section 5).
+
+    For each ``t`` and every ``(s, a)``:
+    ``q[s, a] <- (1 - eta_t) q[s, a] + eta_t ((1 - gamma) reward[s, a] + gamma v_frozen[s'])``
+    with ``eta_t = step_sizes[t]`` and ``s' = next_states[t, s, a]``. ``v_frozen`` is the
+    global value of the last communication, fixed during the call.
+    """
+    num_states, num_actions = q.shape
+    scale = 1.0 - gamma
+    for t in range(next_states.shape[0]):
+        eta = step_sizes[t]
+        keep = 1.0 - eta
+        for s in range(num_states):
+            for a in range(num_actions):
+                target = scale * reward[s, a] + gamma * v_frozen[next_states[t, s, a]]
+                q[s, a] = keep * q[s, a] + eta * target
+
+
+@njit(cache=True)
+def _q_operator_sum(
+    theta: np.ndarray,
+    reward: np.ndarray,
+    gamma: float,
+    p_cdf: np.ndarray,
+    pi_cdf: np.ndarray,
+    state: int,
+    uniforms: np.ndarray,
+    total: np.ndarray,
+) -> int:
+    """Add the TD errors of ``len(uniforms)`` chain transitions into ``total``; return the state.
+
+    Kept separate from the division by ``B`` so the driver can accumulate over chunks and get
+    bit-identical sums whatever the chunk size.
+    """
+    num_actions = theta.shape[1]
+    for t in range(uniforms.shape[0]):
+        action, next_state = markov_step(p_cdf, pi_cdf, state, uniforms[t, 0], uniforms[t, 1])
+        best = theta[next_state, 0]
+        for b in range(1, num_actions):
+            if theta[next_state, b] > best:
+                best = theta[next_state, b]
+        total[state, action] += reward[state, action] + gamma * best - theta[state, action]
+        state = next_state
+    return state
+
+
+@njit(cache=True)
+def q_operator_batch(
+    theta: np.ndarray,
+    reward: np.ndarray,
+    gamma: float,
+    p_cdf: np.ndarray,
+    pi_cdf: np.ndarray,
+    state: int,
+    uniforms: np.ndarray,
+):
+    """DASA's Q-learning operator on a batch of chain transitions (ALGORITHMS.md section 6).
+
+    With ``B = len(uniforms)`` consecutive transitions ``(s_j, a_j, s'_j)`` from ``state``:
+    ``g(s, a) = (1/B) sum_j 1{(s_j, a_j) = (s, a)} (r_j + gamma max_b theta(s'_j, b)
+    - theta(s_j, a_j))``. ``theta`` is not modified. Returns ``(g, final_state)``.
+    """
+    total = np.zeros(theta.shape)
+    state = _q_operator_sum(theta, reward, gamma, p_cdf, pi_cdf, state, uniforms, total)
+    if uniforms.shape[0] > 0:
+        total /= uniforms.shape[0]
+    return total, state
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _in_place(array: np.ndarray, name: str, shape: tuple[int, ...], dtype: type) -> None:
+    """Check an array the loops update in place: it cannot be silently converted."""
+    if not isinstance(array, np.ndarray):
+        raise ValueError(f"{name} must be a numpy array, got {type(array).__name__}")
+    if array.dtype != dtype or not array.flags.c_contiguous or not array.flags.writeable:
+        raise ValueError(
+            f"{name} must be a writeable C-contiguous {np.dtype(dtype).name} array "
+            f"(it is updated in place), got dtype {array.dtype}"
+        )
+    if array.shape != shape:
+        raise ValueError(f"{name} must have shape {shape}, got {array.shape}")
+
+
+def _read_only(array: np.ndarray, name: str, shape: tuple[int, ...], check_finite: bool = True):
+    """Convert an input the loops only read to a writeable float64 C-contiguous array.
+
+    No copy when it already is one. A read-only array (e.g. a frozen MDP's reward) is copied:
+    numba compiles a separate specialization per read-only flag, and one is enough.
+    """
+    array = np.ascontiguousarray(array, dtype=np.float64)
+    if array.shape != shape:
+        raise ValueError(f"{name} must have shape {shape}, got {array.shape}")
+    if check_finite and not np.all(np.isfinite(array)):
+        raise ValueError(f"{name} must be finite")
+    if not array.flags.writeable:
+        array = array.copy()
+    return array
+
+
+def _q_shape(q: np.ndarray, name: str) -> tuple[int, int]:
+    if not isinstance(q, np.ndarray) or q.ndim != 2 or q.shape[0] < 1 or q.shape[1] < 1:
+        raise ValueError(f"{name} must be a (S, A) array with S, A >= 1")
+    return q.shape
+
+
+def _gamma(gamma: float) -> float:
+    if not 0.0 <= gamma < 1.0:
+        raise ValueError(f"gamma must be in [0, 1), got {gamma}")
+    return float(gamma)
+
+
+def _learning_rate(learning_rate: float) -> float:
+    if not 0.0 < learning_rate <= 1.0:
+        raise ValueError(f"learning_rate must be in (0, 1], got {learning_rate}")
+    return float(learning_rate)
+
+
+def _count(value: int, name: str, minimum: int = 0) -> int:
+    if isinstance(value, bool) or int(value) != value or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def _state(state: int, num_states: int) -> int:
+    if isinstance(state, bool) or int(state) != state or not 0 <= state < num_states:
+        raise ValueError(f"state must be an integer in [0, {num_states}), got {state!r}")
+    return int(state)
+
+
+def _cdf(cdf: np.ndarray, name: str, shape: tuple[int, ...]) -> np.ndarray:
+    """Check a cumulative table: catches passing probabilities instead of ``cumulative(P)``.
+
+    Only the last entries are checked (O(S A)): a full scan of an ``(S, A, S)`` table every
+    round would cost more than the round's local steps on large state spaces.
+    """
+    cdf = _read_only(cdf, name, shape, check_finite=False)
+    if np.any(cdf[..., -1] != 1.0):
+        raise ValueError(
+            f"{name} must be a cumulative table from sampling.cumulative (last entries exactly 1)"
+        )
+    return cdf
+
+
+# --------------------------------------------------------------------------- drivers
+
+
+def _steps_per_chunk(draws_per_step: int) -> int:
+    return max(1, CHUNK_SIZE // max(1, draws_per_step))
+
+
+def run_sync_q(
+    q: np.ndarray,
+    reward: np.ndarray,
+    gamma: float,
+    learning_rate: float,
+    p_cdf: np.ndarray,
+    num_steps: int,
+    rng: np.random.Generator,
+) -> None:
+    """Run ``num_steps`` synchronous Q-learning steps with a generative model, in place.
+
+    Next states are drawn as by :class:`~flower_qlearn.sampling.GenerativeModel`, so the
+    result equals ``sync_q_steps(q, ..., GenerativeModel(P).sample(rng, num_steps))``.
+
+    Parameters
+    ----------
+    q : np.ndarray
+        ``(S, A)`` float64 C-contiguous Q-table, updated in place.
+    reward : np.ndarray
+        ``(S, A)`` rewards.
+    gamma : float
+        Discount in ``[0, 1)``.
+    learning_rate : float
+        Constant step size in ``(0, 1]``.
+    p_cdf : np.ndarray
+        ``(S, A, S)`` cumulative transition table (``sampling.cumulative(P)``).
+    num_steps : int
+        Number of synchronous steps (each draws ``S * A`` next states).
+    rng : np.random.Generator
+        Source of randomness.
+    """
+    shape = _q_shape(q, "q")
+    _in_place(q, "q", shape, np.float64)
+    reward = _read_only(reward, "reward", shape)
+    p_cdf = _cdf(p_cdf, "p_cdf", (*shape, shape[0]))
+    gamma = _gamma(gamma)
+    learning_rate = _learning_rate(learning_rate)
+    remaining = _count(num_steps, "num_steps")
+    chunk = _steps_per_chunk(shape[0] * shape[1])
+    while remaining > 0:
+        steps = min(chunk, remaining)
+        sync_q_steps(q, reward, gamma, learning_rate, draw_next_states(p_cdf, rng, steps))
+        remaining -= steps
+
+
+def run_async_q(
+    q: np.ndarray,
+    counts: np.ndarray,
+    reward: np.ndarray,
+    gamma: float,
+    learning_rate: float,
+    p_cdf: np.ndarray,
+    pi_cdf: np.ndarray,
+    state: int,
+    num_steps: int,
+    rng: np.random.Generator,
+) -> int:
+    """Run ``num_steps`` asynchronous Q-learning steps along a Markov trajectory, in place.
+
+    The trajectory is the one ``MarkovChain(P, policy, state, rng).sample(num_steps)`` gives
+    from the same Generator state.
+
+    Parameters
+    ----------
+    q : np.ndarray
+        ``(S, A)`` float64 C-contiguous Q-table, updated in place.
+    counts : np.ndarray
+        ``(S, A)`` int64 C-contiguous visit counters, incremented in place.
+    reward : np.ndarray
+        ``(S, A)`` rewards.
+    gamma : float
+        Discount in ``[0, 1)``.
+    learning_rate : float
+        Constant step size in ``(0, 1]``.
+    p_cdf : np.ndarray
+        ``(S, A, S)`` cumulative transition table.
+    pi_cdf : np.ndarray
+        ``(S, A)`` cumulative behavior policy (``sampling.cumulative(policy)``).
+    state : int
+        Current state of the trajectory.
+    num_steps : int
+        Number of transitions.
+    rng : np.random.Generator
+        Source of randomness (two uniforms per step).
+
+    Returns
+    -------
+    int
+        The state after the last step (the next round starts there).
+    """
+    shape = _q_shape(q, "q")
+    _in_place(q, "q", shape, np.float64)
+    _in_place(counts, "counts", shape, np.int64)
+    reward = _read_only(reward, "reward", shape)
+    p_cdf = _cdf(p_cdf, "p_cdf", (*shape, shape[0]))
+    pi_cdf = _cdf(pi_cdf, "pi_cdf", shape)
+    gamma = _gamma(gamma)
+    learning_rate = _learning_rate(learning_rate)
+    state = _state(state, shape[0])
+    remaining = _count(num_steps, "num_steps")
+    chunk = _steps_per_chunk(2)
+    while remaining > 0:
+        steps = min(chunk, remaining)
+        uniforms = rng.random((steps, 2))
+        state = async_q_steps(
+            q, counts, reward, gamma, learning_rate, p_cdf, pi_cdf, state, uniforms
+        )
+        remaining -= steps
+    return int(state)
+
+
+def run_average_reward(
+    q: np.ndarray,
+    reward: np.ndarray,
+    gamma: float,
+    v_frozen: np.ndarray,
+    step_sizes: np.ndarray,
+    p_cdf: np.ndarray,
+    rng: np.random.Generator,
+) -> None:
+    """Run ``len(step_sizes)`` average-reward local steps with a generative model, in place.
+
+    Parameters
+    ----------
+    q : np.ndarray
+        ``(S, A)`` float64 C-contiguous normalized Q-table, updated in place.
+    reward : np.ndarray
+        ``(S, A)`` rewards.
+    gamma : float
+        The epoch's discount ``gamma_e`` in ``[0, 1)``.
+    v_frozen : np.ndarray
+        ``(S,)`` global value ``Vbar`` of the last communication.
+    step_sizes : np.ndarray
+        ``(T,)`` step sizes ``eta_t`` in ``(0, 1]``, one per step.
+    p_cdf : np.ndarray
+        ``(S, A, S)`` cumulative transition table.
+    rng : np.random.Generator
+        Source of randomness (drawn as by ``GenerativeModel.sample``).
+    """
+    shape = _q_shape(q, "q")
+    _in_place(q, "q", shape, np.float64)
+    reward = _read_only(reward, "reward", shape)
+    v_frozen = _read_only(v_frozen, "v_frozen", (shape[0],))
+    p_cdf = _cdf(p_cdf, "p_cdf", (*shape, shape[0]))
+    gamma = _gamma(gamma)
+    step_sizes = np.ascontiguousarray(step_sizes, dtype=np.float64)
+    if step_sizes.ndim != 1:
+        raise ValueError(f"step_sizes must be one-dimensional, got shape {step_sizes.shape}")
+    if not np.all((step_sizes > 0.0) & (step_sizes <= 1.0)):
+        raise ValueError("step_sizes must all be in (0, 1]")
+    chunk = _steps_per_chunk(shape[0] * shape[1])
+    for start in range(0, step_sizes.shape[0], chunk):
+        etas = step_sizes[start : start + chunk]
+        next_states = draw_next_states(p_cdf, rng, etas.shape[0])
+        average_reward_steps(q, reward, gamma, v_frozen, etas, next_states)
+
+
+def run_q_operator(
+    theta: np.ndarray,
+    reward: np.ndarray,
+    gamma: float,
+    p_cdf: np.ndarray,
+    pi_cdf: np.ndarray,
+    state: int,
+    batch_size: int,
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, int]:
+    """DASA's operator ``g(theta)`` from ``batch_size`` fresh transitions of the agent's chain.
+
+    Parameters
+    ----------
+    theta : np.ndarray
+        The current iterate, as a ``(S, A)`` Q-table or its flattening ``(S * A,)``
+        (the shape of ``reward`` decides ``S`` and ``A``). Not modified.
+    reward : np.ndarray
+        ``(S, A)`` rewards.
+    gamma : float
+        Discount in ``[0, 1)``.
+    p_cdf, pi_cdf : np.ndarray
+        Cumulative transition table ``(S, A, S)`` and behavior policy ``(S, A)``.
+    state : int
+        Current state of the agent's chain.
+    batch_size : int
+        Number of transitions ``B >= 1``.
+    rng : np.random.Generator
+        Source of randomness (two uniforms per transition, as ``MarkovChain``).
+
+    Returns
+    -------
+    tuple
+        ``(g, final_state)``: ``g`` float64 with the shape of ``theta``; the chain's new state.
+    """
+    reward = np.ascontiguousarray(reward, dtype=np.float64)
+    shape = _q_shape(reward, "reward")
+    reward = _read_only(reward, "reward", shape)
+    theta_in = np.asarray(theta)
+    if theta_in.shape not in (shape, (shape[0] * shape[1],)):
+        raise ValueError(f"theta must have shape {shape} or ({shape[0] * shape[1]},)")
+    theta_2d = _read_only(theta_in.reshape(shape), "theta", shape)
+    p_cdf = _cdf(p_cdf, "p_cdf", (*shape, shape[0]))
+    pi_cdf = _cdf(pi_cdf, "pi_cdf", shape)
+    gamma = _gamma(gamma)
+    state = _state(state, shape[0])
+    batch_size = _count(batch_size, "batch_size", minimum=1)
+    total = np.zeros(shape)
+    chunk = _steps_per_chunk(2)
+    for start in range(0, batch_size, chunk):
+        uniforms = rng.random((min(chunk, batch_size - start), 2))
+        state = _q_operator_sum(theta_2d, reward, gamma, p_cdf, pi_cdf, state, uniforms, total)
+    total /= batch_size
+    return total.reshape(theta_in.shape), int(state)
+
+
+def warmup() -> None:
+    """Compile (or load from numba's disk cache) every loop on tiny inputs.
+
+    Clients call this at start-up so that compilation is not counted in round times.
+    """
+    rng = np.random.default_rng(0)
+    P = np.full((2, 2, 2), 0.5)
+    p_cdf = np.cumsum(P, axis=-1)
+    pi_cdf = np.array([[0.5, 1.0], [0.5, 1.0]])
+    reward = np.zeros((2, 2))
+    q = np.zeros((2, 2))
+    counts = np.zeros((2, 2), dtype=np.int64)
+    run_sync_q(q, reward, 0.5, 0.5, p_cdf, 1, rng)
+    run_async_q(q, counts, reward, 0.5, 0.5, p_cdf, pi_cdf, 0, 1, rng)
+    run_average_reward(q, reward, 0.5, np.zeros(2), np.array([0.5]), p_cdf, rng)
+    run_q_operator(q, reward, 0.5, p_cdf, pi_cdf, 0, 1, rng)
+    q_operator_batch(q, reward, 0.5, p_cdf, pi_cdf, 0, rng.random((1, 2)))

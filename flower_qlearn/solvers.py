@@ -1,0 +1,338 @@
+"""Exact ground truth for a :class:`~flower_qlearn.mdp.TabularMDP`: ``Q*``, ``rho*``, ``h*``.
+
+Every error metric of the project is measured against these functions, so they favour
+exactness over speed: discounted problems are solved by policy iteration with exact linear
+solves and certified by the Bellman residual; average-reward problems by relative value
+iteration on the aperiodic transform, with a certificate that the optimal gain is constant;
+fixed policies by direct linear solves (never power iteration). NumPy and SciPy only.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+from scipy.sparse import csr_matrix
+from scipy.sparse.csgraph import connected_components
+
+from flower_qlearn.mdp import TabularMDP
+
+__all__ = [
+    "NonConstantGainError",
+    "greedy_policy",
+    "optimal_gain",
+    "optimal_q",
+    "optimal_value",
+    "policy_gain",
+    "policy_q",
+    "policy_value",
+]
+
+
+class NonConstantGainError(ValueError):
+    """The optimal average reward differs across states (a multichain MDP).
+
+    Then no scalar ``rho*`` exists, and the average-reward metrics are undefined.
+    """
+
+
+def _policy_matrix(mdp: TabularMDP, policy: np.ndarray) -> np.ndarray:
+    """Return ``policy`` as an ``(S, A)`` stochastic matrix, validating either accepted form."""
+    policy = np.asarray(policy)
+    S, A = mdp.num_states, mdp.num_actions
+    if policy.shape == (S,):
+        if not np.issubdtype(policy.dtype, np.integer):
+            raise ValueError(f"a deterministic policy must hold integers, got {policy.dtype}")
+        if policy.min() < 0 or policy.max() >= A:
+            bad = int(np.flatnonzero((policy < 0) | (policy >= A))[0])
+            raise ValueError(f"policy[{bad}] = {policy[bad]} is not an action in [0, {A})")
+        matrix = np.zeros((S, A))
+        matrix[np.arange(S), policy] = 1.0
+        return matrix
+    if policy.shape == (S, A):
+        matrix = np.asarray(policy, dtype=np.float64)
+        if not np.all(np.isfinite(matrix)) or matrix.min() < 0:
+            raise ValueError("a stochastic policy must be finite and non-negative")
+        sums = matrix.sum(axis=1)
+        if np.any(np.abs(sums - 1.0) > 1e-9):
+            bad = int(np.flatnonzero(np.abs(sums - 1.0) > 1e-9)[0])
+            raise ValueError(f"policy[{bad}] sums to {sums[bad]:.12g}, expected 1 (tol 1e-9)")
+        return matrix
+    raise ValueError(f"policy must have shape (S,) = ({S},) or (S, A) = {(S, A)}, got {policy.shape}")
+
+
+def _policy_chain(mdp: TabularMDP, policy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Return the Markov chain ``P_pi`` (S, S) and reward ``r_pi`` (S,) induced by ``policy``."""
+    matrix = _policy_matrix(mdp, policy)
+    return np.einsum("sa,sat->st", matrix, mdp.P), np.einsum("sa,sa->s", matrix, mdp.R)
+
+
+def _bellman_q(mdp: TabularMDP, q: np.ndarray) -> np.ndarray:
+    """Apply the optimality operator ``(T Q)(s, a) = r(s, a) + gamma sum_s' P(s'|s,a) max Q(s')``."""
+    return mdp.R + mdp.gamma * (mdp.P @ q.max(axis=1))
+
+
+def greedy_policy(q: np.ndarray) -> np.ndarray:
+    """Greedy deterministic policy ``argmax_a q(s, a)``; ties go to the lowest action index.
+
+    Parameters
+    ----------
+    q : np.ndarray
+        Action values, shape ``(S, A)``.
+
+    Returns
+    -------
+    np.ndarray
+        Shape ``(S,)``, dtype int64.
+    """
+    q = np.asarray(q)
+    if q.ndim != 2:
+        raise ValueError(f"q must have shape (S, A), got shape {q.shape}")
+    return np.argmax(q, axis=1).astype(np.int64)
+
+
+def policy_value(mdp: TabularMDP, policy: np.ndarray) -> np.ndarray:
+    """Discounted value ``V^pi`` by solving ``(I - gamma P_pi) V = r_pi`` exactly.
+
+    Parameters
+    ----------
+    mdp : TabularMDP
+        The environment (its ``gamma`` is used).
+    policy : np.ndarray
+        Deterministic ``(S,)`` integer actions or stochastic ``(S, A)`` matrix.
+
+    Returns
+    -------
+    np.ndarray
+        ``V^pi``, shape ``(S,)``.
+    """
+    P_pi, r_pi = _policy_chain(mdp, policy)
+    return np.linalg.solve(np.eye(mdp.num_states) - mdp.gamma * P_pi, r_pi)
+
+
+def policy_q(mdp: TabularMDP, policy: np.ndarray) -> np.ndarray:
+    """Action values ``Q^pi(s, a) = r(s, a) + gamma sum_s' P(s'|s, a) V^pi(s')``, shape (S, A)."""
+    return mdp.R + mdp.gamma * (mdp.P @ policy_value(mdp, policy))
+
+
+def optimal_q(mdp: TabularMDP, tol: float = 1e-10) -> np.ndarray:
+    """Optimal action values ``Q*`` by policy iteration (Howard 1960) with exact solves.
+
+    Policy iteration ends at an optimal policy in finitely many steps; its ``Q`` then solves
+    ``Q = T Q`` up to the rounding of the linear solve. The result is certified by the
+    Bellman residual: ``||Q - Q*||_inf <= ||T Q - Q||_inf / (1 - gamma)``. Stopping value
+    iteration on the span instead would return ``Q*`` plus an unknown constant.
+
+    Parameters
+    ----------
+    mdp : TabularMDP
+        The environment (its ``gamma`` is used).
+    tol : float
+        Target sup-norm error. A ``RuntimeWarning`` reports a certified bound above it,
+        unless the bound is at the float64 floor ``~16 eps max|Q| / (1 - gamma)`` (reached
+        only for ``gamma`` very close to 1), below which no float64 result can be certified.
+
+    Returns
+    -------
+    np.ndarray
+        ``Q*``, shape ``(S, A)``.
+    """
+    S = mdp.num_states
+    rows = np.arange(S)
+    policy = greedy_policy(mdp.R)  # myopic start: usually a few improvements from optimal
+    for _ in range(10 * S * mdp.num_actions + 100):  # PI needs far fewer; guard only
+        q = policy_q(mdp, policy)
+        current = q[rows, policy]
+        best = q.max(axis=1)
+        # Switch only on a real improvement, so rounding noise cannot make PI cycle.
+        improve = best > current + 1e-13 * max(1.0, float(np.abs(best).max()))
+        if not improve.any():
+            break
+        policy = np.where(improve, greedy_policy(q), policy)
+    else:  # pragma: no cover - policy iteration is finite; this is a safety net
+        raise RuntimeError("policy iteration did not converge")
+    bound = float(np.abs(_bellman_q(mdp, q) - q).max()) / (1.0 - mdp.gamma)
+    # Evaluating T Q alone rounds at ~eps * max|Q|: no float64 certificate goes below that.
+    floor = 16 * np.finfo(np.float64).eps * max(1.0, float(np.abs(q).max())) / (1 - mdp.gamma)
+    if bound > max(tol, floor):
+        warnings.warn(
+            f"optimal_q: certified sup-norm error {bound:.3g} exceeds tol {tol:.3g}",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+    return q
+
+
+def optimal_value(mdp: TabularMDP) -> np.ndarray:
+    """Optimal state values ``V*(s) = max_a Q*(s, a)``, shape (S,)."""
+    return optimal_q(mdp).max(axis=1)
+
+
+def _recurrent_classes(P_chain: np.ndarray) -> list[np.ndarray]:
+    """Closed communicating classes of a Markov chain (its recurrent classes), as index arrays.
+
+    A strongly connected component of the transition graph is recurrent iff no edge leaves it.
+    """
+    graph = csr_matrix(P_chain > 0)
+    count, labels = connected_components(graph, directed=True, connection="strong")
+    rows, cols = graph.nonzero()
+    leaves = np.zeros(count, dtype=bool)
+    leaves[labels[rows][labels[rows] != labels[cols]]] = True
+    return [np.flatnonzero(labels == c) for c in range(count) if not leaves[c]]
+
+
+def _gain_vector(P_chain: np.ndarray, r_chain: np.ndarray) -> np.ndarray:
+    """Per-state average reward ``g = P* r`` of a Markov reward process (any class structure).
+
+    ``P*`` is the Cesaro limit of ``P^n``: each recurrent class ``C`` has its stationary
+    distribution ``mu_C`` and gain ``g_C = mu_C r``; a transient state's gain is the average
+    of ``g_C`` weighted by its absorption probabilities, from ``(I - Q) B = P[T, C]``.
+    """
+    S = P_chain.shape[0]
+    gain = np.zeros(S)
+    recurrent = np.zeros(S, dtype=bool)
+    class_gains = []
+    classes = _recurrent_classes(P_chain)
+    for members in classes:
+        block = P_chain[np.ix_(members, members)]
+        # mu (I - P_C) = 0 with sum(mu) = 1: replace one (redundant) balance equation.
+        system = (np.eye(members.size) - block).T
+        system[-1] = 1.0
+        rhs = np.zeros(members.size)
+        rhs[-1] = 1.0
+        mu = np.linalg.solve(system, rhs)
+        class_gains.append(float(mu @ r_chain[members]))
+        gain[members] = class_gains[-1]
+        recurrent[members] = True
+    transient = np.flatnonzero(~recurrent)
+    if transient.size:
+        into = np.stack([P_chain[np.ix_(transient, c)].sum(axis=1) for c in classes], axis=1)
+        lhs = np.eye(transient.size) - P_chain[np.ix_(transient, transient)]
+        absorption = np.linalg.solve(lhs, into)  # (T, number of classes)
+        gain[transient] = absorption @ np.array(class_gains)
+    return gain
+
+
+def policy_gain(mdp: TabularMDP, policy: np.ndarray, initial: np.ndarray | None = None) -> float:
+    """Average reward of a fixed policy started from ``initial``, computed exactly.
+
+    ``rho^pi = initial^T P* r_pi`` where ``P* = lim (1/n) sum_{k<n} P_pi^k`` is the Cesaro
+    limit (it exists for periodic chains too). On a unichain policy this is the usual
+    stationary-distribution average, the same from every start; when the chain has several
+    recurrent classes, each class's gain is weighted by the probability that the chain,
+    started from ``initial``, is absorbed in it. Stationary and absorption probabilities are
+    linear solves, not power iteration.
+
+    Parameters
+    ----------
+    mdp : TabularMDP
+        The environment (``gamma`` is ignored).
+    policy : np.ndarray
+        Deterministic ``(S,)`` integer actions or stochastic ``(S, A)`` matrix.
+    initial : np.ndarray or None
+        Start distribution, default ``mdp.initial``.
+
+    Returns
+    -------
+    float
+        The long-run average reward, in ``[0, 1]``.
+    """
+    P_chain, r_chain = _policy_chain(mdp, policy)
+    start = mdp.initial if initial is None else np.asarray(initial, dtype=np.float64)
+    if start.shape != (mdp.num_states,):
+        raise ValueError(f"initial must have shape ({mdp.num_states},), got {start.shape}")
+    return float(start @ _gain_vector(P_chain, r_chain))
+
+
+def _reachable(P: np.ndarray) -> np.ndarray:
+    """Boolean ``(S, S)`` matrix: ``s'`` can be reached from ``s`` under some actions."""
+    S = P.shape[0]
+    reach = (P.sum(axis=1) > 0) | np.eye(S, dtype=bool)
+    while True:  # repeated squaring: at most log2(S) products
+        step = (reach.astype(np.float64) @ reach.astype(np.float64)) > 0
+        if np.array_equal(step, reach):
+            return reach
+        reach = step
+
+
+def optimal_gain(
+    mdp: TabularMDP, tol: float = 1e-9, max_iter: int = 10**6
+) -> tuple[float, np.ndarray]:
+    """Optimal average reward ``rho*`` and bias ``h*`` by relative value iteration (RVI).
+
+    RVI (White 1963; Puterman 1994, Sec. 8.5) runs on the aperiodic transform
+    ``P' = 0.5 I + 0.5 P`` with the same rewards: every policy keeps its stationary
+    distributions, hence its gain, so ``rho*`` and the optimal policies are unchanged, while
+    the self-loops make value iteration converge on periodic MDPs too. With
+    ``d_n = T' V_n - V_n``, ``min d_n <= rho* <= max d_n`` holds at every iteration for MDPs
+    with constant optimal gain; iteration stops when ``span(d_n) <= tol`` and returns the
+    midpoint, so ``|rho - rho*| <= tol / 2``.
+
+    The bias of the transformed problem, ``h'``, solves ``h' + rho = max_a [r + P' h']``;
+    substituting ``P'`` shows that ``h = h' / 2`` solves the original optimality equation
+    ``h + rho = max_a [r + P h]``. The returned ``h`` is that one, normalized to ``h[0] = 0``,
+    with Bellman residual ``|h + rho - max_a (r + P h)| <= tol``.
+
+    A non-constant optimal gain (multichain MDPs) is certified, not guessed: the gain vector
+    ``g`` of the current greedy policy is a lower bound on the optimal gain per state, and
+    ``max d_n`` over the states reachable from ``s`` is an upper bound on the optimal gain of
+    ``s``; when a lower bound exceeds another state's upper bound, the error is raised.
+
+    Parameters
+    ----------
+    mdp : TabularMDP
+        The environment; its ``gamma`` is ignored.
+    tol : float
+        Stopping threshold on ``span(d_n)``.
+    max_iter : int
+        Iteration budget; exceeding it raises ``RuntimeError``.
+
+    Returns
+    -------
+    rho : float
+        The optimal gain.
+    h : np.ndarray
+        A bias vector of the original MDP, shape ``(S,)``, with ``h[0] = 0``.
+
+    Raises
+    ------
+    NonConstantGainError
+        The optimal gain differs across states; the message gives the per-state range.
+    """
+    P_lazy = 0.5 * mdp.P + 0.5 * np.eye(mdp.num_states)[:, None, :]
+    reach: np.ndarray | None = None  # computed only if convergence is slow
+    value = np.zeros(mdp.num_states)  # kept relative, value[0] = 0, so it stays bounded
+    for iteration in range(1, max_iter + 1):
+        q = mdp.R + P_lazy @ value
+        new_value = q.max(axis=1)
+        diff = new_value - value  # d_n = T' V_n - V_n
+        span = float(diff.max() - diff.min())
+        if span <= tol:
+            # V_n (not V_{n+1}) is the one whose residual the span bounds.
+            return 0.5 * float(diff.max() + diff.min()), 0.5 * value
+        # The certificate costs a few linear solves: only when convergence is slow.
+        if iteration == 100 or iteration % 1000 == 0 or iteration == max_iter:
+            if reach is None:
+                reach = _reachable(mdp.P)
+            _certify_non_constant_gain(mdp, q, diff, reach, tol)
+        value = new_value - new_value[0]
+    raise RuntimeError(
+        f"optimal_gain: relative value iteration did not reach span {tol:g} in {max_iter} "
+        f"iterations (span {span:.3g})"
+    )
+
+
+def _certify_non_constant_gain(
+    mdp: TabularMDP, q: np.ndarray, diff: np.ndarray, reach: np.ndarray, tol: float
+) -> None:
+    """Raise :class:`NonConstantGainError` if the bounds prove the optimal gain non-constant."""
+    P_chain, r_chain = _policy_chain(mdp, greedy_policy(q))
+    lower = _gain_vector(P_chain, r_chain)  # gain of one policy <= optimal gain, per state
+    upper = np.where(reach, diff[None, :], -np.inf).max(axis=1)  # >= optimal gain, per state
+    if lower.max() > upper.min() + max(tol, 1e-12):
+        raise NonConstantGainError(
+            "optimal gain is not constant across states: per-state gains range from "
+            f"{lower.min():.6g} to {lower.max():.6g} (greedy policy of relative value "
+            f"iteration; state {int(upper.argmin())} has gain at most {upper.min():.6g}, "
+            f"state {int(lower.argmax())} at least {lower.max():.6g})"
+        )

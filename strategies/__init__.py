@@ -1,0 +1,30 @@
+"""Flower strategies for federated tabular Q-learning.
+
+Each strategy is a thin Flower class (`QTableStrategy`: messaging, reply validation,
+metrics) around a pure NumPy aggregation function that is unit-testable without Flower.
+"""
+
+from strategies.base import QTableStrategy
+from strategies.equal import EqualAveraging, equal_average
+from strategies.importance import ImportanceAveraging, importance_average, importance_weights
+from strategies.validation import (
+    ArraySpec,
+    ClientUpdate,
+    InvalidReply,
+    parse_reply,
+    split_replies,
+)
+
+__all__ = [
+    "ArraySpec",
+    "ClientUpdate",
+    "EqualAveraging",
+    "ImportanceAveraging",
+    "InvalidReply",
+    "QTableStrategy",
+    "equal_average",
+    "importance_average",
+    "importance_weights",
+    "parse_reply",
+    "split_replies",
+]

@@ -1,0 +1,202 @@
+"""QTableStrategy: the Flower layer shared by every Q-table averaging strategy.
+
+A strategy here is messaging + validation + metrics around one pure NumPy function:
+`configure_train` broadcasts the global Q-table, `aggregate_train` validates the replies
+(`strategies.validation`) and hands the valid ones to `aggregate`, which a subclass
+implements by calling its aggregation function (e.g. `equal_average`). A bad client is
+logged and left out of the average; it never crashes the round.
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from collections.abc import Iterable
+from logging import INFO, WARNING
+
+import numpy as np
+from flwr.app import (
+    Array,
+    ArrayRecord,
+    ConfigRecord,
+    Message,
+    MessageType,
+    MetricRecord,
+    RecordDict,
+)
+from flwr.common import log
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Strategy
+
+from strategies.validation import ArraySpec, ClientUpdate, payload_bytes, split_replies
+
+# Per-round bookkeeping metrics; a client metric with one of these names is not averaged.
+ROUND_METRICS = ("accepted", "rejected", "missing", "bytes_up", "bytes_down", "kept_previous")
+
+
+class QTableStrategy(Strategy):
+    """Broadcast the global Q-table, validate replies, aggregate with a pure function.
+
+    Wire format. Instruction: ``RecordDict({"arrays": ArrayRecord({"q": (S, A) float64}),
+    "config": ConfigRecord({..., "server_round": r})})``, message type ``"train"``,
+    group id ``str(r)``. Reply: ``RecordDict({"arrays": ArrayRecord({"q": ..., ...}),
+    "metrics": MetricRecord({"num_samples": ..., ...})})``.
+
+    Parameters
+    ----------
+    num_states, num_actions : int
+        Shape ``(S, A)`` of the Q-table every reply must carry.
+    min_replies : int, default 1
+        Fewest valid replies needed to update the global Q-table; with fewer, the round
+        keeps the previous one (`aggregate_train` returns ``None`` arrays).
+    value_bound : float, optional
+        Reject replies with any ``|Q(s, a)| > value_bound`` (e.g. ``1 / (1 - gamma)`` for
+        rewards in ``[0, 1]``, plus slack). ``None`` checks only finiteness.
+
+    Attributes
+    ----------
+    rejections : list[tuple[int, int, str]]
+        ``(server_round, node_id, reason)`` of every rejected reply so far.
+    """
+
+    def __init__(
+        self,
+        num_states: int,
+        num_actions: int,
+        *,
+        min_replies: int = 1,
+        value_bound: float | None = None,
+    ) -> None:
+        if num_states < 1 or num_actions < 1:
+            raise ValueError(
+                f"num_states and num_actions must be positive, got {num_states}, {num_actions}"
+            )
+        if min_replies < 1:
+            raise ValueError(f"min_replies must be >= 1, got {min_replies}")
+        if value_bound is not None and not value_bound > 0:
+            raise ValueError(f"value_bound must be positive or None, got {value_bound}")
+        self.num_states = int(num_states)
+        self.num_actions = int(num_actions)
+        self.min_replies = int(min_replies)
+        self.value_bound = None if value_bound is None else float(value_bound)
+        self.rejections: list[tuple[int, int, str]] = []
+        # Set by configure_train, read by the following aggregate_train.
+        self._num_sent = 0
+        self._bytes_down = 0
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """Q-table shape ``(num_states, num_actions)``."""
+        return (self.num_states, self.num_actions)
+
+    @property
+    def reply_specs(self) -> list[ArraySpec]:
+        """Arrays every reply must carry; subclasses append what their rule needs."""
+        return [ArraySpec("q", self.shape, "float")]
+
+    def parameters(self) -> dict[str, object]:
+        """Constructor parameters, for `summary`; subclasses add theirs."""
+        return {
+            "num_states": self.num_states,
+            "num_actions": self.num_actions,
+            "min_replies": self.min_replies,
+            "value_bound": self.value_bound,
+        }
+
+    def summary(self) -> None:
+        """Log the strategy's class name and parameters."""
+        log(INFO, "\t├──> %s", self.__class__.__name__)
+        for name, value in self.parameters().items():
+            log(INFO, "\t│\t├── %s: %s", name, value)
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> list[Message]:
+        """Send the global Q-table and config (plus ``server_round``) to every node."""
+        train_config = ConfigRecord(dict(config))
+        train_config["server_round"] = server_round
+        node_ids = sorted(grid.get_node_ids())
+        messages = [
+            Message(
+                RecordDict({"arrays": arrays, "config": train_config}),
+                dst_node_id=node_id,
+                message_type=MessageType.TRAIN,
+                group_id=str(server_round),
+            )
+            for node_id in node_ids
+        ]
+        self._num_sent = len(messages)
+        self._bytes_down = len(messages) * sum(len(array.data) for array in arrays.values())
+        return messages
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord]:
+        """Validate replies and aggregate the valid ones into the new global Q-table.
+
+        Returns ``(None, metrics)`` when fewer than `min_replies` replies are valid, which
+        makes Flower's `Strategy.start` keep the previous global arrays.
+        """
+        replies = list(replies)
+        updates, rejected = split_replies(replies, self.reply_specs, self.value_bound)
+        for node_id, reason in rejected:
+            log(WARNING, "Round %s: rejected reply from node %s: %s", server_round, node_id, reason)
+            self.rejections.append((server_round, node_id, reason))
+
+        kept_previous = len(updates) < self.min_replies
+        metrics = MetricRecord(
+            {
+                "accepted": len(updates),
+                "rejected": len(rejected),
+                # Nodes that never answered (a duplicate reply does not stand in for one).
+                "missing": max(self._num_sent - len({m.metadata.src_node_id for m in replies}), 0),
+                # What the network carried, rejected payloads included.
+                "bytes_up": sum(payload_bytes(message) for message in replies),
+                "bytes_down": self._bytes_down,
+                "kept_previous": int(kept_previous),
+                **mean_client_metrics(updates),
+            }
+        )
+        if kept_previous:
+            log(
+                WARNING,
+                "Round %s: %d valid replies < min_replies=%d; keeping the previous global Q",
+                server_round,
+                len(updates),
+                self.min_replies,
+            )
+            return None, metrics
+
+        q = np.ascontiguousarray(self.aggregate(updates), dtype=np.float64)
+        if q.shape != self.shape:
+            raise RuntimeError(f"{type(self).__name__}.aggregate returned shape {q.shape}")
+        return ArrayRecord({"q": Array(q)}), metrics
+
+    @abstractmethod
+    def aggregate(self, updates: list[ClientUpdate]) -> np.ndarray:
+        """Combine validated updates (at least `min_replies`) into an ``(S, A)`` Q-table."""
+
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> list[Message]:
+        """No federated evaluation: the server evaluates the global Q against ground truth."""
+        return []
+
+    def aggregate_evaluate(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> MetricRecord | None:
+        """No federated evaluation (see `configure_evaluate`)."""
+        return None
+
+
+def mean_client_metrics(updates: list[ClientUpdate]) -> dict[str, float]:
+    """Mean over the updates that report it of every numeric client metric.
+
+    Metrics named like a per-round bookkeeping metric (`ROUND_METRICS`) are skipped so a
+    client cannot overwrite the server's counts.
+    """
+    values: dict[str, list[float]] = {}
+    for update in updates:
+        for name, value in update.metrics.items():
+            if name not in ROUND_METRICS:
+                values.setdefault(name, []).append(float(value))
+    return {name: float(np.mean(vals)) for name, vals in values.items()}

@@ -1,0 +1,135 @@
+"""Importance averaging of Q-tables: FedAsynQ-ImAvg.
+
+Woo, Joshi, Chi, "The Blessing of Heterogeneity in Federated Q-Learning: Linear Speedup
+and Beyond", ICML 2023 / JMLR 2025 (``ALGORITHMS.md`` section 4). With asynchronous
+(Markovian) sampling, agent ``k`` updated entry ``(s, a)`` only ``N_k(s, a)`` times in the
+round, so its local value still holds the old global value with weight ``(1 - eta)^N``.
+Weighting each agent per entry by ``(1 - eta)^(-N_k(s, a))`` lets agents that actually
+visited an entry dominate it, as if all trajectories had been processed centrally.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from strategies.base import QTableStrategy
+from strategies.validation import ArraySpec, ClientUpdate
+
+
+def importance_weights(counts: np.ndarray, learning_rate: float) -> np.ndarray:
+    """Per-entry importance weights ``w_k(s, a) ∝ (1 - lr)^(-N_k(s, a))``.
+
+    Computed as ``softmax_k(N_k * (-log(1 - lr)))`` in log space: subtracting the largest
+    count over ``k`` first keeps the exponent <= 0, so counts like ``1e5`` (where the raw
+    power overflows float64) give finite, exact weights. If no agent visited an entry (or
+    all counts are equal) every agent gets ``1/K``.
+
+    Parameters
+    ----------
+    counts : np.ndarray
+        Visit counts ``N_k(s, a)`` of the round, shape ``(K, S, A)``, non-negative.
+    learning_rate : float
+        The agents' constant step size ``eta`` in ``(0, 1]``. For ``eta == 1`` the weight
+        ``(1 - eta)^(-N)`` is infinite for every visited entry; we use its limit as
+        ``eta -> 1``: all weight split equally among the agents with the largest count
+        (a fully overwritten entry carries no trace of the old global value).
+
+    Returns
+    -------
+    np.ndarray
+        Weights, shape ``(K, S, A)``, float64, summing to 1 over axis 0.
+    """
+    counts = np.asarray(counts)
+    # int64 so that unsigned counts cannot wrap around in the subtraction below.
+    counts = counts.astype(np.int64 if np.issubdtype(counts.dtype, np.integer) else np.float64)
+    if counts.ndim != 3 or counts.shape[0] == 0:
+        raise ValueError(f"counts must have shape (K>=1, S, A), got {counts.shape}")
+    if np.any(counts < 0):
+        raise ValueError("counts must be non-negative")
+    if not 0.0 < learning_rate <= 1.0:
+        raise ValueError(f"learning_rate must be in (0, 1], got {learning_rate}")
+
+    # Exact integer (or float) difference first, then one multiplication: no cancellation.
+    excess = counts - counts.max(axis=0, keepdims=True)  # <= 0, 0 for the argmax agents
+    if learning_rate == 1.0:
+        unnormalized = (excess == 0).astype(np.float64)
+    else:
+        log_ratio = -math.log1p(-learning_rate)  # -log(1 - lr) > 0, accurate for small lr
+        unnormalized = np.exp(excess.astype(np.float64) * log_ratio)
+    return unnormalized / unnormalized.sum(axis=0, keepdims=True)
+
+
+def importance_average(tables: np.ndarray, counts: np.ndarray, learning_rate: float) -> np.ndarray:
+    """Importance-weighted average ``Qbar(s, a) = sum_k w_k(s, a) Q_k(s, a)``.
+
+    Parameters
+    ----------
+    tables : np.ndarray
+        Local Q-tables, shape ``(K, S, A)``.
+    counts : np.ndarray
+        Visit counts of the round, same shape as `tables`.
+    learning_rate : float
+        The agents' constant step size, see `importance_weights`.
+
+    Returns
+    -------
+    np.ndarray
+        Global Q-table, shape ``(S, A)``, float64.
+    """
+    tables = np.asarray(tables, dtype=np.float64)
+    if tables.shape != np.shape(counts):
+        raise ValueError(
+            f"tables and counts must have the same shape, got {tables.shape} and {np.shape(counts)}"
+        )
+    weights = importance_weights(counts, learning_rate)
+    return np.sum(weights * tables, axis=0)
+
+
+class ImportanceAveraging(QTableStrategy):
+    """Flower strategy for FedAsynQ-ImAvg: per-entry importance-weighted average of replies.
+
+    Replies must carry the round's visit counts as an integer ``"counts"`` array next to
+    ``"q"``.
+
+    Parameters
+    ----------
+    num_states, num_actions : int
+        Q-table shape.
+    learning_rate : float
+        The clients' constant step size ``eta`` in ``(0, 1]``; it must match the clients'.
+    min_replies : int, default 1
+        See `QTableStrategy`.
+    value_bound : float, optional
+        See `QTableStrategy`.
+    """
+
+    def __init__(
+        self,
+        num_states: int,
+        num_actions: int,
+        learning_rate: float,
+        *,
+        min_replies: int = 1,
+        value_bound: float | None = None,
+    ) -> None:
+        super().__init__(num_states, num_actions, min_replies=min_replies, value_bound=value_bound)
+        if not 0.0 < learning_rate <= 1.0:
+            raise ValueError(f"learning_rate must be in (0, 1], got {learning_rate}")
+        self.learning_rate = float(learning_rate)
+
+    @property
+    def reply_specs(self) -> list[ArraySpec]:
+        """``"q"`` plus the round's visit counts ``"counts"`` (integer, >= 0)."""
+        return [*super().reply_specs, ArraySpec("counts", self.shape, "count")]
+
+    def parameters(self) -> dict[str, object]:
+        """Constructor parameters, for `summary`."""
+        return {**super().parameters(), "learning_rate": self.learning_rate}
+
+    def aggregate(self, updates: list[ClientUpdate]) -> np.ndarray:
+        """Importance average of the validated local Q-tables."""
+        tables = np.stack([update.arrays["q"] for update in updates])
+        counts = np.stack([update.arrays["counts"] for update in updates])
+        return importance_average(tables, counts, self.learning_rate)
