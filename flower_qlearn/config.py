@@ -165,6 +165,7 @@ RULES: list[Rule] = [
     Rule("min_replies", int_at_least(1), "an integer in [1, num_clients]"),
     Rule("round_timeout", in_interval(0, math.inf, lo_open=True), "a number > 0"),
     Rule("log_every", int_at_least(0), "an integer >= 0"),
+    Rule("checkpoint_every", int_at_least(0), "an integer >= 0 (0: no checkpoints)"),
     Rule("strategy.name", one_of(STRATEGIES), f"one of {', '.join(STRATEGIES)}"),
     Rule("engine.name", one_of(ENGINES), f"one of {', '.join(ENGINES)}"),
     Rule("mdp.name", one_of(MDPS), f"one of {', '.join(MDPS)}"),

@@ -22,7 +22,7 @@ from pathlib import Path
 from uuid import uuid4
 
 import numpy as np
-from flwr.app import Context, Error, Message, RecordDict
+from flwr.app import ConfigRecord, Context, Error, Message, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.common.constant import NUM_PARTITIONS_KEY, PARTITION_ID_KEY, SUPERLINK_NODE_ID, ErrorCode
 from flwr.serverapp import Grid
@@ -126,6 +126,22 @@ class InProcessGrid(Grid):
     ) -> Iterable[Message]:
         """Push and pull at once: every reply is ready as soon as the push returns."""
         return self.pull_messages(self.push_messages(messages))
+
+    # --- checkpoint support ---------------------------------------------------------------
+    def checkpoint_state(self) -> dict:
+        """Every node's ``Context.state`` config records as plain dicts, by partition id."""
+        state = {}
+        for ctx in self.contexts.values():
+            records = {name: dict(rec) for name, rec in ctx.state.config_records.items()}
+            state[int(ctx.node_config[PARTITION_ID_KEY])] = records
+        return state
+
+    def restore_state(self, state: dict) -> None:
+        """Put back what :meth:`checkpoint_state` saved (the agents' Markov states, ...)."""
+        for ctx in self.contexts.values():
+            records = state.get(int(ctx.node_config[PARTITION_ID_KEY]), {})
+            for name, values in records.items():
+                ctx.state.config_records[name] = ConfigRecord(values)
 
     # --- internals ------------------------------------------------------------------------
     def _deliver(self, msg: Message, context: Context) -> Message:

@@ -20,6 +20,9 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+# numba's on-disk cache is keyed on each function's own source file: after editing the njit
+# helpers in sampling.py, delete flower_qlearn/__pycache__/kernels.*.nb[ic] or these kernels
+# keep running the old helpers.
 from flower_qlearn.sampling import draw_next_states, markov_step
 
 __all__ = [

@@ -410,8 +410,9 @@ def from_gymnasium(
         P[absorbing] = 0.0
         P[absorbing, :, absorbing] = 1.0
         R[absorbing] = (0.0 - r_min) / span
-    label = env_id.split("-v")[0].lower()
-    return TabularMDP(P, R, gamma, initial, name=f"{label}({terminal})")
+    options = [f"{key}={value}" for key, value in sorted(kwargs.items())] + [terminal]
+    name = f"{env_id.split('-v')[0].lower()}({','.join(options)})"
+    return TabularMDP(P, R, gamma, initial, name=name)
 
 
 def perturb(mdp: TabularMDP, level: float, seed: int) -> TabularMDP:

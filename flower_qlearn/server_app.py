@@ -13,6 +13,8 @@ import csv
 import json
 import logging
 import math
+import os
+import pickle
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -63,6 +65,8 @@ class Plan:
     train_config: ConfigRecord
     num_rounds: int
     objective: str = "discounted"  # or "average_reward": decides the evaluation metrics
+    #: The round loop; None = :func:`synchronous_rounds`. DASA's real-asynchrony mode has its own.
+    loop: Callable[[RunContext], None] | None = None
 
 
 def _q_learning_config(cfg: DictConfig) -> ConfigRecord:
@@ -182,22 +186,157 @@ def _jsonable(value):
 
 
 # --------------------------------------------------------------------------------------------
-# The run.
+# The run: a RunContext carries the state of the server; a loop drives the rounds.
 # --------------------------------------------------------------------------------------------
+
+CHECKPOINT_NAME = "checkpoint.pkl"
+
+
+@dataclass
+class RunContext:
+    """Everything a round loop needs, and the one place that records a finished round.
+
+    A loop (``Plan.loop``, default :func:`synchronous_rounds`) talks to the grid and the strategy
+    and calls :meth:`record` once per server round/iteration; recording evaluates the global
+    table, logs progress, and writes metrics and checkpoints.
+    """
+
+    grid: Grid
+    cfg: DictConfig
+    plan: Plan
+    evaluator: Evaluator
+    output_dir: Path
+    arrays: ArrayRecord
+    history: list[dict]
+    samples: float = 0.0
+    wall_start: float = 0.0
+    wall_offset: float = 0.0  # wall time already spent before a resume
+
+    @property
+    def completed_rounds(self) -> int:
+        return len(self.history)
+
+    def record(self, server_round: int, arrays: ArrayRecord | None, metrics: dict) -> dict:
+        """Adopt ``arrays`` (None: keep the previous global Q), evaluate it and log one row."""
+        if arrays is not None:
+            self.arrays = arrays
+        metrics = dict(metrics)
+        self.samples += float(metrics.pop("num_samples", 0.0) or 0.0)
+        for client_only in ("partition_id", "compute_s"):
+            metrics.pop(client_only, None)
+        samples = int(self.samples) if float(self.samples).is_integer() else self.samples
+        row = {"round": server_round, "samples_per_agent": samples}
+        row.update(metrics)
+        row.update(self.evaluator(self.arrays["q"].numpy()))
+        row["wall_s"] = self.wall_offset + time.perf_counter() - self.wall_start
+        self.history.append(row)
+        _progress(self.cfg, self.plan, row)
+        every = int(self.cfg.checkpoint_every)
+        if every and server_round % every == 0:
+            self.checkpoint()
+        elif self.cfg.log_every and server_round % self.cfg.log_every == 0:
+            write_metrics(self.output_dir / "metrics.csv", self.history)
+        return row
+
+    # --- checkpoint and resume ------------------------------------------------------------
+    def checkpoint(self) -> Path:
+        """Write the run's state atomically (write, then rename) next to its metrics."""
+        state = {
+            "version": 1,
+            "identity": _identity(self.cfg),
+            "round": self.completed_rounds,
+            "q": self.arrays["q"].numpy(),
+            "history": self.history,
+            "samples": self.samples,
+            "wall_s": self.wall_offset + time.perf_counter() - self.wall_start,
+            "strategy": _strategy_state(self.plan.strategy),
+            "grid": _grid_state(self.grid),
+        }
+        path = self.output_dir / CHECKPOINT_NAME
+        tmp = path.with_suffix(".tmp")
+        with tmp.open("wb") as fh:
+            pickle.dump(state, fh, protocol=pickle.HIGHEST_PROTOCOL)
+            fh.flush()
+            os.fsync(fh.fileno())
+        tmp.replace(path)
+        write_metrics(self.output_dir / "metrics.csv", self.history)
+        return path
+
+    def restore(self, path: Path) -> None:
+        """Continue from a checkpoint written by :meth:`checkpoint` for the same experiment."""
+        path = Path(path)
+        if path.is_dir():
+            path = path / CHECKPOINT_NAME
+        if not path.exists():
+            raise FileNotFoundError(f"resume: no checkpoint at {path}")
+        with path.open("rb") as fh:  # our own file (trusted): written by checkpoint() above
+            state = pickle.load(fh)
+        mine, theirs = _identity(self.cfg), state["identity"]
+        if mine != theirs:
+            diff = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
+            raise fq_config.ConfigError(
+                f"resume: checkpoint {path} is of a different experiment (differs in {diff})"
+            )
+        self.arrays = ArrayRecord({"q": Array(np.asarray(state["q"]))})
+        self.history = list(state["history"])
+        self.samples = float(state["samples"])
+        self.wall_offset = float(state["wall_s"])
+        if state["strategy"] is not None and hasattr(self.plan.strategy, "load_state_dict"):
+            self.plan.strategy.load_state_dict(state["strategy"])
+        if state["grid"] is not None and hasattr(self.grid, "restore_state"):
+            self.grid.restore_state(state["grid"])
+        elif state["grid"] is not None:
+            log.warning(
+                "resume: this engine cannot restore client state (Markov trajectories restart "
+                "from their initial distribution)"
+            )
+        log.info("resume: continuing after round %d from %s", self.completed_rounds, path)
+
+
+def _identity(cfg: DictConfig) -> dict:
+    """The parts of a config a resumed run must share with its checkpoint."""
+    c = fq_config.to_container(cfg)
+    return {k: c.get(k) for k in ("strategy", "mdp", "client", "delay", "num_clients", "seed")}
+
+
+def _grid_state(grid: Grid) -> dict | None:
+    return grid.checkpoint_state() if hasattr(grid, "checkpoint_state") else None
+
+
+def _strategy_state(strategy) -> dict | None:
+    return strategy.state_dict() if hasattr(strategy, "state_dict") else None
+
+
+def synchronous_rounds(run: RunContext) -> None:
+    """The default loop: broadcast, wait for the replies, aggregate, record; round after round."""
+    strategy, plan = run.plan.strategy, run.plan
+    for server_round in range(run.completed_rounds + 1, plan.num_rounds + 1):
+        messages = strategy.configure_train(server_round, run.arrays, plan.train_config, run.grid)
+        replies = run.grid.send_and_receive(messages, timeout=float(run.cfg.round_timeout))
+        new_arrays, metrics = strategy.aggregate_train(server_round, replies)
+        run.record(server_round, new_arrays, dict(metrics or MetricRecord()))
 
 
 def run_server(grid: Grid, cfg: DictConfig, output_dir: Path) -> list[dict]:
     """Run every round of the experiment ``cfg`` over ``grid``; write outputs to ``output_dir``."""
-    wall_start = time.perf_counter()
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     mdp = base_mdp(cfg)
     plan = PLAN_BUILDERS[cfg.strategy.name](cfg, mdp)
     evaluator = Evaluator(mdp, plan.objective)
-    strategy = plan.strategy
-    q = np.zeros((mdp.num_states, mdp.num_actions))
-    arrays = ArrayRecord({"q": Array(q)})
-    initial = evaluator(q)
+    q0 = np.zeros((mdp.num_states, mdp.num_actions))
+    run = RunContext(
+        grid=grid,
+        cfg=cfg,
+        plan=plan,
+        evaluator=evaluator,
+        output_dir=output_dir,
+        arrays=ArrayRecord({"q": Array(q0)}),
+        history=[],
+        wall_start=time.perf_counter(),
+    )
+    if cfg.resume:
+        run.restore(Path(str(cfg.resume)))
     log.info(
         "flower-qlearn: %s on %s (%dx%d), %d clients, %d rounds, engine=%s -> %s",
         cfg.strategy.name,
@@ -209,30 +348,11 @@ def run_server(grid: Grid, cfg: DictConfig, output_dir: Path) -> list[dict]:
         cfg.engine.name,
         output_dir,
     )
-    history: list[dict] = []
-    samples = 0.0
-    for server_round in range(1, plan.num_rounds + 1):
-        messages = strategy.configure_train(server_round, arrays, plan.train_config, grid)
-        replies = grid.send_and_receive(messages, timeout=float(cfg.round_timeout))
-        new_arrays, metrics = strategy.aggregate_train(server_round, replies)
-        if new_arrays is not None:
-            arrays = new_arrays
-        metrics = dict(metrics or MetricRecord())
-        samples += float(metrics.pop("num_samples", 0.0))
-        metrics.pop("partition_id", None)
-        metrics.pop("compute_s", None)
-        row = {"round": server_round, "samples_per_agent": samples}
-        row.update(metrics)
-        row.update(evaluator(arrays["q"].numpy()))
-        row["wall_s"] = time.perf_counter() - wall_start
-        history.append(row)
-        _progress(cfg, plan, row)
-        if cfg.log_every and server_round % cfg.log_every == 0:
-            write_metrics(output_dir / "metrics.csv", history)
-    q_final = arrays["q"].numpy()
-    wall = time.perf_counter() - wall_start
+    (plan.loop or synchronous_rounds)(run)
+    history = run.history
+    wall = run.wall_offset + time.perf_counter() - run.wall_start
     write_metrics(output_dir / "metrics.csv", history)
-    np.save(output_dir / "q_table.npy", q_final)
+    np.save(output_dir / "q_table.npy", run.arrays["q"].numpy())
     summary = {
         "strategy": cfg.strategy.name,
         "mdp": mdp.name,
@@ -241,10 +361,11 @@ def run_server(grid: Grid, cfg: DictConfig, output_dir: Path) -> list[dict]:
         "num_rounds": plan.num_rounds,
         "seed": cfg.seed,
         "objective": plan.objective,
-        "initial": initial,
+        "initial": evaluator(q0),
         "final": {k: _jsonable(v) for k, v in history[-1].items()} if history else {},
         "ground_truth": evaluator.truth(),
         "rejected_total": int(sum(r.get("rejected", 0) or 0 for r in history)),
+        "resumed_from": str(cfg.resume) if cfg.resume else None,
         "wall_s": wall,
         "config": fq_config.to_container(cfg),
     }

@@ -58,7 +58,9 @@ def _policy_matrix(mdp: TabularMDP, policy: np.ndarray) -> np.ndarray:
             bad = int(np.flatnonzero(np.abs(sums - 1.0) > 1e-9)[0])
             raise ValueError(f"policy[{bad}] sums to {sums[bad]:.12g}, expected 1 (tol 1e-9)")
         return matrix
-    raise ValueError(f"policy must have shape (S,) = ({S},) or (S, A) = {(S, A)}, got {policy.shape}")
+    raise ValueError(
+        f"policy must have shape (S,) = ({S},) or (S, A) = {(S, A)}, got {policy.shape}"
+    )
 
 
 def _policy_chain(mdp: TabularMDP, policy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -68,7 +70,7 @@ def _policy_chain(mdp: TabularMDP, policy: np.ndarray) -> tuple[np.ndarray, np.n
 
 
 def _bellman_q(mdp: TabularMDP, q: np.ndarray) -> np.ndarray:
-    """Apply the optimality operator ``(T Q)(s, a) = r(s, a) + gamma sum_s' P(s'|s,a) max Q(s')``."""
+    """Bellman optimality operator: ``(T Q)(s, a) = r(s, a) + gamma E[max_b Q(s', b)]``."""
     return mdp.R + mdp.gamma * (mdp.P @ q.max(axis=1))
 
 

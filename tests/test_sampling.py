@@ -63,6 +63,19 @@ def test_inverse_cdf_is_searchsorted_right():
     assert inverse_cdf(np.array([1.0]), 0.7) == 0
 
 
+@pytest.mark.parametrize("n", [2, 255, 256, 257, 1000])
+def test_inverse_cdf_on_short_and_long_rows(n):
+    """Both search strategies (counting, bisection) agree with searchsorted, plateaus included."""
+    rng = np.random.default_rng(n)
+    probabilities = rng.random(n) * (rng.random(n) < 0.3)  # mostly zero-probability entries
+    probabilities[n // 2] += 1.0
+    cdf = cumulative(probabilities / probabilities.sum())
+    us = np.concatenate([rng.random(500), cdf[:-1], [0.0, np.nextafter(1.0, 0.0)]])
+    got = [inverse_cdf(cdf, u) for u in us]
+    np.testing.assert_array_equal(got, np.searchsorted(cdf, us, side="right"))
+    assert np.all(probabilities[got] > 0)
+
+
 # --------------------------------------------------------------------------- generative model
 
 
