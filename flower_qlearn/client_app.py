@@ -31,7 +31,7 @@ from flwr.common.constant import PARTITION_ID_KEY
 from omegaconf import DictConfig
 
 from . import config as fq_config
-from .kernels import run_async_q, run_sync_q, warmup
+from .kernels import run_async_q, run_average_reward, run_sync_q, warmup
 from .mdp import TabularMDP, make_mdp, perturb
 from .sampling import behavior_policy, cumulative
 
@@ -169,8 +169,25 @@ def q_learning_task(
     return {"q": q, "counts": counts}, {"num_samples": steps}
 
 
+def average_reward_task(
+    q: np.ndarray, conf: ConfigRecord, context: Context, cfg: DictConfig, agent: int
+) -> tuple[dict, dict]:
+    """One communication period of federated average-reward Q-learning (ALGORITHMS.md 5).
+
+    Warm start from the received ``Qbar``; the targets ``(1 - gamma_e) r + gamma_e Vbar(s')``
+    use ``Vbar = max_a Qbar`` frozen for the whole period; synchronous (generative) sampling
+    over every ``(s, a)``; the step sizes are the server's (``step_sizes``), never re-derived.
+    """
+    env = agent_env(cfg, agent)
+    rng = round_rng(cfg, agent, int(conf["server_round"]))
+    step_sizes = np.asarray(conf["step_sizes"], dtype=np.float64)
+    v_frozen = q.max(axis=1)  # a new array: q is updated in place below
+    run_average_reward(q, env.mdp.R, float(conf["gamma"]), v_frozen, step_sizes, env.p_cdf, rng)
+    return {"q": q}, {"num_samples": int(step_sizes.shape[0])}
+
+
 #: Registry of local tasks by the ``task`` key of the round config.
-TASKS: dict[str, TaskFn] = {"q_learning": q_learning_task}
+TASKS: dict[str, TaskFn] = {"q_learning": q_learning_task, "average_reward": average_reward_task}
 
 
 def handle_train(message: Message, context: Context, fallback: dict | None = None) -> Message:

@@ -296,7 +296,9 @@ class RunContext:
 def _identity(cfg: DictConfig) -> dict:
     """The parts of a config a resumed run must share with its checkpoint."""
     c = fq_config.to_container(cfg)
-    return {k: c.get(k) for k in ("strategy", "mdp", "client", "delay", "num_clients", "seed")}
+    identity = {k: c.get(k) for k in ("strategy", "mdp", "client", "delay", "num_clients", "seed")}
+    identity["client"] = {k: v for k, v in (c.get("client") or {}).items() if k != "sleep_s"}
+    return identity
 
 
 def _grid_state(grid: Grid) -> dict | None:

@@ -4,6 +4,7 @@ Each strategy is a thin Flower class (`QTableStrategy`: messaging, reply validat
 metrics) around a pure NumPy aggregation function that is unit-testable without Flower.
 """
 
+from strategies.average_reward import AverageRewardQ, CommRound, EpochSchedule
 from strategies.base import QTableStrategy
 from strategies.equal import EqualAveraging, equal_average
 from strategies.importance import ImportanceAveraging, importance_average, importance_weights
@@ -17,6 +18,9 @@ from strategies.validation import (
 
 __all__ = [
     "ArraySpec",
+    "AverageRewardQ",
+    "CommRound",
+    "EpochSchedule",
     "ClientUpdate",
     "EqualAveraging",
     "ImportanceAveraging",

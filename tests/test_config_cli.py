@@ -1,0 +1,83 @@
+"""Hydra composition, validation and the command line (configs composed by Hydra itself)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from flower_qlearn import config as fq_config
+
+
+def test_defaults_compose_with_the_design_names():
+    cfg = fq_config.compose([])
+    assert (cfg.strategy.name, cfg.mdp.name, cfg.engine.name) == ("equal", "two_state", "inprocess")
+    assert cfg.client.sampling == "markovian" and cfg.client.behavior == "uniform"
+    assert {"num_clients", "num_rounds", "seed"} <= set(cfg)
+    assert fq_config.compose(["client=generative"]).client.sampling == "generative"
+    # every shipped option of every group composes and validates
+    for group, options in [("strategy", ["equal", "importance"]),
+                           ("mdp", ["two_state", "garnet", "riverswim", "frozenlake", "taxi",
+                                    "cliffwalking"]),
+                           ("engine", ["inprocess", "ray"])]:
+        for option in options:
+            assert fq_config.compose([f"{group}={option}"])[group].name == option
+
+
+@pytest.mark.parametrize(
+    ("override", "field", "allowed"),
+    [
+        ("mdp.gamma=1.0", "mdp.gamma", "[0, 1)"),
+        ("mdp.gamma=-0.1", "mdp.gamma", "[0, 1)"),
+        ("client.learning_rate=0", "client.learning_rate", "(0, 1]"),
+        ("client.learning_rate=1.5", "client.learning_rate", "(0, 1]"),
+        ("client.local_steps=0", "client.local_steps", ">= 1"),
+        ("num_clients=0", "num_clients", ">= 1"),
+        ("num_rounds=-3", "num_rounds", ">= 1"),
+        ("client.behavior=greedy", "client.behavior", "uniform, disjoint"),
+        ("client.sampling=offline", "client.sampling", "markovian, generative"),
+        ("client.heterogeneity=2", "client.heterogeneity", "[0, 1]"),
+        ("mdp=garnet mdp.branching=11", "mdp.branching", "num_states"),
+        ("min_replies=21", "min_replies", "num_clients"),
+        ("strategy=nope", "strategy=nope", "equal, importance"),
+        ("mdp=nope", "mdp=nope", "two_state"),
+    ],
+)
+def test_invalid_values_fail_with_one_line_naming_field_and_range(override, field, allowed):
+    with pytest.raises(fq_config.ConfigError) as info:
+        fq_config.compose(override.split())
+    message = str(info.value)
+    assert "\n" not in message
+    assert field in message and allowed in message
+
+
+def _cli(*args: str, cwd) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "flower_qlearn", *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_cli_exits_2_on_invalid_config_before_any_run(tmp_path):
+    proc = _cli("mdp.gamma=1.2", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "flower-qlearn: invalid config: mdp.gamma=1.2 is out of range; expected a number in [0, 1)"
+    ]
+    # a bad point in a sweep fails before the good points run
+    proc = _cli("-m", "client.learning_rate=0.1,3", cwd=tmp_path)
+    assert proc.returncode == 2 and "client.learning_rate=3" in proc.stderr
+    assert not (tmp_path / "multirun").exists() and not (tmp_path / "outputs").exists()
+
+
+def test_cli_run_and_multirun_write_one_output_dir_per_job(tmp_path):
+    proc = _cli("num_clients=2", "num_rounds=3", "figures=false", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    runs = list((tmp_path / "outputs").glob("*/*/metrics.csv"))
+    assert len(runs) == 1 and "final q_error=" in proc.stdout
+    proc = _cli("-m", "strategy=equal,importance", "seed=0,1", "num_clients=2", "num_rounds=3",
+                "figures=false", f"hydra.sweep.dir={tmp_path / 'sweep'}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    jobs = sorted((tmp_path / "sweep").glob("*/metrics.csv"))
+    assert len(jobs) == 4
+    overrides = sorted((p.parent / ".hydra" / "overrides.yaml").read_text() for p in jobs)
+    assert any("strategy=importance" in o and "seed=1" in o for o in overrides)
