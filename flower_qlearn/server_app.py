@@ -87,9 +87,19 @@ def _value_bound(mdp: TabularMDP) -> float:
     return 2.0 / (1.0 - mdp.gamma) + 1.0
 
 
+def common_strategy_args(cfg: DictConfig, mdp: TabularMDP) -> dict:
+    """Keyword arguments every QTableStrategy gets from the run config."""
+    return {
+        "min_replies": int(cfg.min_replies),
+        "value_bound": _value_bound(mdp),
+        "min_available_nodes": int(cfg.num_clients),
+        "wait_timeout": float(cfg.round_timeout),
+    }
+
+
 def build_equal(cfg: DictConfig, mdp: TabularMDP) -> Plan:
     strategy = strategies.EqualAveraging(
-        mdp.num_states, mdp.num_actions, min_replies=cfg.min_replies, value_bound=_value_bound(mdp)
+        mdp.num_states, mdp.num_actions, **common_strategy_args(cfg, mdp)
     )
     return Plan(strategy, _q_learning_config(cfg), cfg.num_rounds)
 
@@ -99,16 +109,78 @@ def build_importance(cfg: DictConfig, mdp: TabularMDP) -> Plan:
         mdp.num_states,
         mdp.num_actions,
         learning_rate=float(cfg.client.learning_rate),
-        min_replies=cfg.min_replies,
-        value_bound=_value_bound(mdp),
+        **common_strategy_args(cfg, mdp),
     )
     return Plan(strategy, _q_learning_config(cfg), cfg.num_rounds)
+
+
+def build_average_reward(cfg: DictConfig, mdp: TabularMDP) -> Plan:
+    """Federated average-reward Q-learning: the epoch schedule decides the number of rounds.
+
+    ``cfg.num_rounds`` is ignored (the schedule has ``sum_e |C_e|`` rounds). An MDP whose optimal
+    gain differs across states is refused here, before any round, with the solver's reason.
+    """
+    from .solvers import NonConstantGainError
+
+    try:
+        optimal_gain(mdp)
+    except NonConstantGainError as exc:
+        raise NonConstantGainError(
+            f"invalid config: strategy=average_reward needs an MDP whose optimal gain is the "
+            f"same in every state, but on {mdp.name}: {exc}"
+        ) from None
+    schedule = strategies.EpochSchedule(
+        str(cfg.strategy.schedule),
+        int(cfg.strategy.num_epochs),
+        int(cfg.num_clients),
+        c_T=float(cfg.strategy.c_T),
+        c_eta=float(cfg.strategy.c_eta),
+    )
+    strategy = strategies.AverageRewardQ(
+        mdp.num_states, mdp.num_actions, schedule, min_replies=cfg.min_replies
+    )
+    train_config = ConfigRecord({"task": "average_reward"})
+    return Plan(strategy, train_config, schedule.num_rounds, objective="average_reward")
+
+
+def build_dasa(cfg: DictConfig, mdp: TabularMDP) -> Plan:
+    """DASA (or its baselines) on batch Q-learning operators; one round = one server iteration.
+
+    ``strategy.execution=async`` swaps the round loop for the real-asynchrony loop.
+    """
+    s = cfg.strategy
+    # |g| <= 1 + (1 + gamma) ||theta||_inf; slack for transients of a large step size.
+    operator_bound = 4.0 * (1.0 + (1.0 + mdp.gamma) * _value_bound(mdp))
+    strategy = strategies.DASA(
+        mdp.num_states,
+        mdp.num_actions,
+        num_agents=int(cfg.num_clients),
+        rule=str(s.rule),
+        step_size=float(s.step_size),
+        epsilon=float(s.epsilon),
+        batch_size=int(s.batch_size),
+        delays=strategies.DelayModel.from_config(
+            fq_config.to_container(cfg.delay), int(cfg.num_clients), int(cfg.seed)
+        ),
+        max_staleness=int(s.max_staleness),
+        norm=str(s.norm),
+        execution=str(s.execution),
+        tick_s=float(s.tick_s),
+        value_bound=operator_bound,
+    )
+    train_config = ConfigRecord(
+        {"task": "q_operator", "batch_size": int(s.batch_size), "gamma": float(mdp.gamma)}
+    )
+    loop = strategies.asynchronous_iterations if s.execution == "async" else None
+    return Plan(strategy, train_config, cfg.num_rounds, loop=loop)
 
 
 #: ``strategy.name`` -> builder. Other strategy modules register themselves here.
 PLAN_BUILDERS: dict[str, Callable[[DictConfig, TabularMDP], Plan]] = {
     "equal": build_equal,
     "importance": build_importance,
+    "average_reward": build_average_reward,
+    "dasa": build_dasa,
 }
 
 

@@ -9,6 +9,7 @@ logged and left out of the average; it never crashes the round.
 
 from __future__ import annotations
 
+import time
 from abc import abstractmethod
 from collections.abc import Iterable
 from logging import INFO, WARNING
@@ -33,6 +34,23 @@ from strategies.validation import ArraySpec, ClientUpdate, payload_bytes, split_
 ROUND_METRICS = ("accepted", "rejected", "missing", "bytes_up", "bytes_down", "kept_previous")
 
 
+def wait_for_nodes(grid: Grid, min_nodes: int, timeout: float) -> list[int]:
+    """Sorted ids of the connected nodes, after waiting up to ``timeout`` s for ``min_nodes``."""
+    deadline = time.monotonic() + timeout
+    next_log = time.monotonic() + 5.0
+    while len(node_ids := sorted(grid.get_node_ids())) < min_nodes:
+        now = time.monotonic()
+        if now >= deadline:
+            log(WARNING, "Only %d of %d nodes connected after %.0fs; going ahead with them",
+                len(node_ids), min_nodes, timeout)
+            break
+        if now >= next_log:
+            log(INFO, "Waiting for nodes to connect: %d of %d", len(node_ids), min_nodes)
+            next_log = now + 5.0
+        time.sleep(0.05)
+    return node_ids
+
+
 class QTableStrategy(Strategy):
     """Broadcast the global Q-table, validate replies, aggregate with a pure function.
 
@@ -51,6 +69,12 @@ class QTableStrategy(Strategy):
     value_bound : float, optional
         Reject replies with any ``|Q(s, a)| > value_bound`` (e.g. ``1 / (1 - gamma)`` for
         rewards in ``[0, 1]``, plus slack). ``None`` checks only finiteness.
+    min_available_nodes : int, default 1
+        `configure_train` first waits (up to `wait_timeout` seconds) until this many nodes are
+        connected: under Ray or on a SuperLink, nodes register after the ServerApp starts.
+    wait_timeout : float, default 600
+        Longest wait for `min_available_nodes`; then the round goes ahead with the nodes
+        that are there (logged).
 
     Attributes
     ----------
@@ -65,6 +89,8 @@ class QTableStrategy(Strategy):
         *,
         min_replies: int = 1,
         value_bound: float | None = None,
+        min_available_nodes: int = 1,
+        wait_timeout: float = 600.0,
     ) -> None:
         if num_states < 1 or num_actions < 1:
             raise ValueError(
@@ -78,6 +104,8 @@ class QTableStrategy(Strategy):
         self.num_actions = int(num_actions)
         self.min_replies = int(min_replies)
         self.value_bound = None if value_bound is None else float(value_bound)
+        self.min_available_nodes = int(min_available_nodes)
+        self.wait_timeout = float(wait_timeout)
         self.rejections: list[tuple[int, int, str]] = []
         # Set by configure_train, read by the following aggregate_train.
         self._num_sent = 0
@@ -100,6 +128,7 @@ class QTableStrategy(Strategy):
             "num_actions": self.num_actions,
             "min_replies": self.min_replies,
             "value_bound": self.value_bound,
+            "min_available_nodes": self.min_available_nodes,
         }
 
     def summary(self) -> None:
@@ -114,7 +143,7 @@ class QTableStrategy(Strategy):
         """Send the global Q-table and config (plus ``server_round``) to every node."""
         train_config = ConfigRecord(dict(config))
         train_config["server_round"] = server_round
-        node_ids = sorted(grid.get_node_ids())
+        node_ids = wait_for_nodes(grid, self.min_available_nodes, self.wait_timeout)
         messages = [
             Message(
                 RecordDict({"arrays": arrays, "config": train_config}),

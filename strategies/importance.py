@@ -110,11 +110,10 @@ class ImportanceAveraging(QTableStrategy):
         num_states: int,
         num_actions: int,
         learning_rate: float,
-        *,
-        min_replies: int = 1,
-        value_bound: float | None = None,
+        **kwargs,
     ) -> None:
-        super().__init__(num_states, num_actions, min_replies=min_replies, value_bound=value_bound)
+        """``kwargs``: `QTableStrategy`'s keyword arguments (min_replies, value_bound, ...)."""
+        super().__init__(num_states, num_actions, **kwargs)
         if not 0.0 < learning_rate <= 1.0:
             raise ValueError(f"learning_rate must be in (0, 1], got {learning_rate}")
         self.learning_rate = float(learning_rate)

@@ -448,3 +448,30 @@ def test_flower_strategy_start_keeps_previous_q_on_a_failed_round():
     assert result.train_metrics_clientapp[2]["kept_previous"] == 1
     assert result.train_metrics_clientapp[2]["rejected"] == 3
     assert [r[:2] for r in strategy.rejections] == [(2, 1), (2, 2), (2, 3)]
+
+
+class LateNodesGrid(NodeListGrid):
+    """Nodes register one at a time, as SuperNodes do after the ServerApp has started."""
+
+    def __init__(self, node_ids):
+        super().__init__(node_ids)
+        self.calls = 0
+
+    def get_node_ids(self):
+        self.calls += 1
+        return list(super().get_node_ids())[: self.calls]
+
+
+def test_configure_train_waits_for_the_expected_nodes():
+    with task_identity():
+        grid = LateNodesGrid([11, 12, 13])
+        strategy = EqualAveraging(2, 2, min_available_nodes=3, wait_timeout=5)
+        messages = strategy.configure_train(1, ArrayRecord({"q": Array(np.zeros((2, 2)))}),
+                                            ConfigRecord({}), grid)
+        assert [m.metadata.dst_node_id for m in messages] == [11, 12, 13]
+        # with a short timeout it goes ahead with the nodes that are there
+        grid = LateNodesGrid([11, 12, 13])
+        grid.calls = -10**6  # never grows
+        strategy = EqualAveraging(2, 2, min_available_nodes=3, wait_timeout=0.1)
+        assert strategy.configure_train(1, ArrayRecord({"q": Array(np.zeros((2, 2)))}),
+                                        ConfigRecord({}), grid) == []
