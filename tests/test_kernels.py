@@ -235,8 +235,11 @@ def test_drivers_reject_bad_arguments(problem):
     np.testing.assert_array_equal(q, q0)  # nothing ran
 
 
-def test_warmup_runs():
+def test_warmup_compiles_every_kernel():
     kernels.warmup()
+    for loop in (kernels.sync_q_steps, kernels.async_q_steps, kernels.average_reward_steps,
+                 kernels.q_operator_batch):
+        assert loop.signatures, f"{loop.__name__} was not compiled by warmup()"
 
 
 # --------------------------------------------------------------------------- convergence

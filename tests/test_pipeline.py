@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 
 from flower_qlearn import config as fq_config
@@ -178,11 +178,6 @@ def test_too_few_valid_replies_keep_the_previous_global_table(tmp_path):
     _, history, q = run_with_client(corrupting_client({0: "nan"}), overrides, tmp_path)
     assert all(r["kept_previous"] == 1 and r["accepted"] == 2 for r in history)
     np.testing.assert_array_equal(q, 0.0)  # never replaced: still the initial table
-
-
-def test_reply_metrics_are_numpy_friendly():
-    # MetricRecord accepts the client's metric types (the reply must serialise on every engine)
-    MetricRecord({"num_samples": 50, "partition_id": 3, "compute_s": 0.01})
 
 
 def test_two_state_ground_truth_matches_closed_form():
