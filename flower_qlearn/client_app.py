@@ -15,6 +15,17 @@ Local tasks (the ``task`` key of the config):
     ALGORITHMS.md sections 2-4: ``local_steps`` synchronous (generative) or asynchronous
     (Markovian) Q-learning steps from the global table; replies with ``q`` and the visit
     ``counts`` of the round (all ``local_steps`` for every entry in generative mode).
+
+``average_reward``
+    ALGORITHMS.md section 5: synchronous steps with the normalized target of the epoch's
+    ``gamma`` and the frozen ``Vbar = max_a Qbar``, one per entry of ``step_sizes``; replies
+    with ``q``.
+
+``q_operator``
+    ALGORITHMS.md section 6 (DASA): the batch Q-learning operator ``g`` at the received iterate
+    from ``batch_size`` fresh transitions of the agent's continuing Markov chain; replies with
+    ``g`` and echoes the ``iteration`` it was computed at. Agents listed in
+    ``client.slow_agents`` first sleep ``client.slow_sleep_s`` seconds (real stragglers).
 """
 
 from __future__ import annotations
@@ -31,7 +42,7 @@ from flwr.common.constant import PARTITION_ID_KEY
 from omegaconf import DictConfig
 
 from . import config as fq_config
-from .kernels import run_async_q, run_average_reward, run_sync_q, warmup
+from .kernels import run_async_q, run_average_reward, run_q_operator, run_sync_q, warmup
 from .mdp import TabularMDP, make_mdp, perturb
 from .sampling import behavior_policy, cumulative
 
@@ -50,11 +61,11 @@ class AgentEnv:
 
 def base_mdp(cfg: DictConfig) -> TabularMDP:
     """The experiment's MDP (the server's ground truth) built from ``cfg.mdp``."""
-    return _base_mdp_cached(_mdp_key(cfg))
+    return _base_mdp_cached(_mdp_key(fq_config.plain(cfg)))
 
 
-def _mdp_key(cfg: DictConfig) -> tuple:
-    return tuple(sorted((k, v) for k, v in fq_config.to_container(cfg.mdp).items()))
+def _mdp_key(settings: dict) -> tuple:
+    return tuple(sorted(settings["mdp"].items()))
 
 
 @lru_cache(maxsize=32)
@@ -64,17 +75,18 @@ def _base_mdp_cached(key: tuple) -> TabularMDP:
 
 def agent_env(cfg: DictConfig, agent: int) -> AgentEnv:
     """Agent ``agent``'s environment: base MDP (perturbed if ``client.heterogeneity > 0``)."""
-    c = cfg.client
+    settings = fq_config.plain(cfg)
+    c = settings["client"]
     key = (
-        _mdp_key(cfg),
+        _mdp_key(settings),
         agent,
-        cfg.num_clients,
-        c.behavior,
-        float(c.behavior_alpha),
-        float(c.behavior_epsilon),
-        c.behavior_groups,
-        float(c.heterogeneity),
-        cfg.seed,
+        settings["num_clients"],
+        c["behavior"],
+        float(c["behavior_alpha"]),
+        float(c["behavior_epsilon"]),
+        c["behavior_groups"],
+        float(c["heterogeneity"]),
+        settings["seed"],
     )
     return _agent_env_cached(key)
 
@@ -124,7 +136,7 @@ def partition_id(context: Context) -> int:
 
 def round_rng(cfg: DictConfig, agent: int, server_round: int) -> np.random.Generator:
     """Randomness of round ``server_round`` of agent ``agent``, the same on every engine."""
-    return np.random.default_rng([int(cfg.seed), agent, server_round])
+    return np.random.default_rng([int(fq_config.plain(cfg)["seed"]), agent, server_round])
 
 
 def markov_state(context: Context, env: AgentEnv, cfg: DictConfig, agent: int) -> int:
@@ -186,8 +198,31 @@ def average_reward_task(
     return {"q": q}, {"num_samples": int(step_sizes.shape[0])}
 
 
+def q_operator_task(
+    q: np.ndarray, conf: ConfigRecord, context: Context, cfg: DictConfig, agent: int
+) -> tuple[dict, dict]:
+    """DASA's batch Q-learning operator at the received iterate (ALGORITHMS.md section 6).
+
+    ``B = batch_size`` consecutive transitions of the agent's continuing Markov chain give
+    ``g(s, a) = (1/B) sum_j 1{(s_j, a_j) = (s, a)} (r_j + gamma max_b q(s'_j, b) - q(s_j, a_j))``.
+    The reply echoes ``iteration`` so the server knows how stale the operator is on arrival.
+    """
+    env = agent_env(cfg, agent)
+    rng = round_rng(cfg, agent, int(conf["server_round"]))
+    batch_size = int(conf["batch_size"])
+    if agent in set(cfg.client.get("slow_agents") or ()):
+        time.sleep(float(cfg.client.get("slow_sleep_s", 0.0)))  # a real straggler
+    state = markov_state(context, env, cfg, agent)
+    g, state = run_q_operator(
+        q, env.mdp.R, float(conf["gamma"]), env.p_cdf, env.pi_cdf, state, batch_size, rng
+    )
+    save_markov_state(context, state)
+    return {"g": g}, {"num_samples": batch_size, "iteration": int(conf["iteration"])}
+
+
 #: Registry of local tasks by the ``task`` key of the round config.
 TASKS: dict[str, TaskFn] = {"q_learning": q_learning_task, "average_reward": average_reward_task}
+TASKS["q_operator"] = q_operator_task
 
 
 def handle_train(message: Message, context: Context, fallback: dict | None = None) -> Message:
@@ -200,8 +235,9 @@ def handle_train(message: Message, context: Context, fallback: dict | None = Non
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; this client runs {sorted(TASKS)}")
     q = np.array(message.content["arrays"]["q"].numpy(), dtype=np.float64, copy=True, order="C")
-    if cfg.client.sleep_s > 0:
-        time.sleep(float(cfg.client.sleep_s))
+    sleep_s = float(fq_config.plain(cfg)["client"]["sleep_s"])
+    if sleep_s > 0:
+        time.sleep(sleep_s)
     arrays, metrics = TASKS[task](q, conf, context, cfg, agent)
     metrics = {**metrics, "partition_id": agent, "compute_s": time.perf_counter() - start}
     content = RecordDict(

@@ -14,7 +14,14 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import logging
+import os
 import secrets
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
 import traceback
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -51,6 +58,12 @@ class InProcessGrid(Grid):
         The Flower run config every node's ``Context`` sees (carries the Hydra overrides).
     node_configs
         Optional extra node config per partition (deployment-style per-node settings).
+    concurrent
+        False (default): ``push_messages`` runs each ClientApp before returning (deterministic,
+        fastest). True: each pushed message runs in its own daemon thread and its reply becomes
+        pullable when done, so slow clients are really slow and ``push``/``pull`` loops (DASA's
+        ``execution=async``) see genuine asynchrony in-process. ``send_and_receive`` then waits
+        for the replies up to its timeout.
     """
 
     def __init__(
@@ -60,8 +73,12 @@ class InProcessGrid(Grid):
         run_config: dict,
         node_configs: Sequence[dict] | None = None,
         run_id: int | None = None,
+        concurrent: bool = False,
     ) -> None:
         self.client_app = client_app
+        self.concurrent = bool(concurrent)
+        self._replied = threading.Condition()  # guards _replies and _running (concurrent mode)
+        self._running: set[str] = set()  # ids of instructions whose ClientApp is still running
         self._run = Run.create_empty(run_id if run_id is not None else secrets.randbits(63))
         self._node_ids = [FIRST_NODE_ID + i for i in range(num_nodes)]
         self.contexts: dict[int, Context] = {}
@@ -111,21 +128,35 @@ class InProcessGrid(Grid):
                 reply = Message(
                     Error(ErrorCode.UNKNOWN, f"no node with id {node_id}"), reply_to=msg
                 )
+            elif self.concurrent:
+                with self._replied:
+                    self._running.add(msg.metadata.message_id)
+                threading.Thread(
+                    target=self._deliver_later, args=(msg, self.contexts[node_id]), daemon=True
+                ).start()
+                continue
             else:
                 reply = self._deliver(msg, self.contexts[node_id])
             reply.metadata.__dict__["_message_id"] = uuid4().hex
-            self._replies[msg.metadata.message_id] = reply
+            with self._replied:
+                self._replies[msg.metadata.message_id] = reply
         return ids
 
     def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
         """Return (and forget) the replies available for ``message_ids``."""
-        return [self._replies.pop(mid) for mid in message_ids if mid in self._replies]
+        with self._replied:
+            return [self._replies.pop(mid) for mid in message_ids if mid in self._replies]
 
     def send_and_receive(
         self, messages: Iterable[Message], *, timeout: float | None = None
     ) -> Iterable[Message]:
-        """Push and pull at once: every reply is ready as soon as the push returns."""
-        return self.pull_messages(self.push_messages(messages))
+        """Push and pull: synchronous mode has every reply ready as soon as the push returns;
+        concurrent mode waits until the pushed ClientApps have all returned or ``timeout``."""
+        ids = list(self.push_messages(messages))
+        if self.concurrent:
+            with self._replied:
+                self._replied.wait_for(lambda: self._running.isdisjoint(ids), timeout)
+        return self.pull_messages(ids)
 
     # --- checkpoint support ---------------------------------------------------------------
     def checkpoint_state(self) -> dict:
@@ -144,6 +175,16 @@ class InProcessGrid(Grid):
                 ctx.state.config_records[name] = ConfigRecord(values)
 
     # --- internals ------------------------------------------------------------------------
+    def _deliver_later(self, msg: Message, context: Context) -> None:
+        # Concurrent mode: runs in the message's own daemon thread (a client that never returns
+        # cannot keep the process alive).
+        reply = self._deliver(msg, context)
+        reply.metadata.__dict__["_message_id"] = uuid4().hex
+        with self._replied:
+            self._replies[msg.metadata.message_id] = reply
+            self._running.discard(msg.metadata.message_id)
+            self._replied.notify_all()
+
     def _deliver(self, msg: Message, context: Context) -> Message:
         # A ClientApp exception becomes an error reply, as Flower's simulation worker does, so a
         # crashing client is counted by the strategy instead of killing the run.
@@ -214,7 +255,12 @@ def execute(cfg: DictConfig, overrides: Sequence[str], output_dir: Path) -> RunR
         from .client_app import app as client_app
         from .server_app import app as server_app
 
-        grid = InProcessGrid(client_app, cfg.num_clients, run_config)
+        grid = InProcessGrid(
+            client_app,
+            cfg.num_clients,
+            run_config,
+            concurrent=bool(cfg.engine.get("concurrent", False)),
+        )
         server_context = Context(
             run_id=grid.run.run_id,
             node_id=SUPERLINK_NODE_ID,
@@ -225,10 +271,12 @@ def execute(cfg: DictConfig, overrides: Sequence[str], output_dir: Path) -> RunR
         server_app(grid, server_context)
     elif engine == "ray":
         run_ray(cfg, run_config)
+    elif engine == "deployment":
+        run_deployment(cfg, run_config)
     else:
         raise fq_config.ConfigError(
             f"invalid config: engine.name={engine!r} cannot be launched from this entry point; "
-            "expected inprocess or ray"
+            "expected inprocess, ray or deployment"
         )
     return RunResult.load(output_dir)
 
@@ -271,3 +319,234 @@ def run_experiment(overrides: Sequence[str] = ()) -> RunResult:
     cfg = fq_config.compose(overrides)
     output_dir = Path(cfg.output_dir) if cfg.output_dir else default_output_dir()
     return execute(cfg, overrides, output_dir)
+
+
+# ------------------------------------------------------------------------------------------
+# Deployment: `flwr run` against a running SuperLink (engine=deployment)
+# ------------------------------------------------------------------------------------------
+
+#: SuperLink connection written into a private ``FLWR_HOME`` when ``engine.connection`` is null.
+DEPLOYMENT_CONNECTION = "flower-qlearn"
+
+
+def project_dir() -> Path:
+    """The Flower App directory that ``flwr run`` bundles into a FAB: this project's root."""
+    root = Path(__file__).resolve().parent.parent
+    if not (root / "pyproject.toml").is_file():
+        raise fq_config.ConfigError(
+            f"invalid config: engine.app_dir is null but {root} has no pyproject.toml "
+            "(installed without sources); set engine.app_dir to a flower-qlearn checkout"
+        )
+    return root
+
+
+def flwr_command(name: str = "flwr") -> str:
+    """Path of a Flower executable (``flwr``, ``flower-superlink``, ...): venv first, then PATH."""
+    beside = Path(sys.executable).parent / name
+    if beside.is_file():
+        return str(beside)
+    found = shutil.which(name)
+    if found is None:
+        raise FileNotFoundError(f"{name!r} is neither beside {sys.executable} nor on PATH")
+    return found
+
+
+def flwr_env(flwr_home: str | Path, base: dict | None = None) -> dict[str, str]:
+    """Environment for Flower CLI/runtime processes: their own ``FLWR_HOME``, offline-safe.
+
+    Runtime dependency installation (``uv sync`` per run) is off because the project is already
+    installed and it needs the network; so are the update check and telemetry. The interpreter's
+    bin directory goes first on ``PATH`` because ``flwr`` and the SuperLink spawn
+    ``flower-superlink``/``flower-superexec``/``flwr-serverapp`` by name.
+    """
+    env = dict(os.environ if base is None else base)
+    env.update(
+        {
+            "FLWR_HOME": str(Path(flwr_home).expanduser().resolve()),
+            "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+            "FLWR_DISABLE_UPDATE_CHECK": "1",
+            "FLWR_TELEMETRY_ENABLED": "0",
+        }
+    )
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    return env
+
+
+def write_connection(
+    flwr_home: str | Path,
+    name: str,
+    address: str,
+    *,
+    root_certificates: str | Path | None = None,
+    insecure: bool = False,
+) -> Path:
+    """Add SuperLink connection ``name`` to ``FLWR_HOME/config.toml`` (the Flower CLI config)."""
+    import tomli
+    import tomli_w
+
+    path = Path(flwr_home) / "config.toml"
+    data = tomli.loads(path.read_text()) if path.is_file() else {}
+    links = data.setdefault("superlink", {})
+    conn: dict = {"address": str(address)}
+    if insecure:
+        conn["insecure"] = True
+    elif root_certificates:
+        conn["root-certificates"] = str(Path(root_certificates).expanduser().resolve())
+    links[name] = conn
+    links.setdefault("default", name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(tomli_w.dumps(data))
+    return path
+
+
+def flwr_json(args: Sequence[str], env: dict, timeout: float = 120.0) -> dict:
+    """Run ``flwr ARGS --format json`` and return its JSON answer; raise on failure."""
+    proc = subprocess.run(
+        [flwr_command(), *args, "--format", "json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    start, end = proc.stdout.find("{"), proc.stdout.rfind("}")
+    try:
+        payload = json.loads(proc.stdout[start : end + 1]) if 0 <= start < end else {}
+    except json.JSONDecodeError:
+        payload = {}
+    if proc.returncode != 0 or not payload.get("success", False):
+        detail = payload.get("error-message") or (proc.stderr or proc.stdout).strip()[-2000:]
+        raise RuntimeError(f"`flwr {' '.join(args)}` failed (exit {proc.returncode}): {detail}")
+    return payload
+
+
+def submit_run(
+    run_config: dict,
+    connection: str,
+    env: dict,
+    *,
+    app_dir: str | Path | None = None,
+    federation_config: dict | None = None,
+) -> int:
+    """Submit the Flower App to the SuperLink of ``connection`` with ``flwr run``; return its id.
+
+    The run config travels as a TOML file, so Hydra overrides need no shell quoting.
+    ``federation_config`` (e.g. ``{"num-supernodes": 3}``) configures a simulation SuperLink.
+    """
+    import tomli_w
+
+    app = Path(app_dir).expanduser().resolve() if app_dir else project_dir()
+    with tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False) as fh:
+        fh.write(tomli_w.dumps({str(k): v for k, v in run_config.items()}))
+    try:
+        args = ["run", str(app), connection, "--run-config", fh.name]
+        if federation_config:
+            # key=value pairs, values as TOML scalars (JSON's spelling agrees for these)
+            pairs = " ".join(f"{k}={json.dumps(v)}" for k, v in federation_config.items())
+            args += ["--federation-config", pairs]
+        payload = flwr_json(args, env)
+    finally:
+        os.unlink(fh.name)
+    return int(payload["run-id"])
+
+
+def run_status(run_id: int, connection: str, env: dict) -> str:
+    """Status of a run on the SuperLink, e.g. ``running`` or ``finished:completed``."""
+    payload = flwr_json(["ls", connection, "--run-id", str(run_id)], env)
+    return str(payload["runs"][0]["status"])
+
+
+def run_log(run_id: int, connection: str, env: dict) -> str:
+    """The run's log as kept by the SuperLink (``flwr log --show``)."""
+    proc = subprocess.run(
+        [flwr_command(), "log", str(run_id), connection, "--show"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    return proc.stdout + proc.stderr
+
+
+def wait_for_run(
+    run_id: int, connection: str, env: dict, *, timeout: float = 3600.0, poll_interval: float = 2.0
+) -> str:
+    """Poll the run's status until it is finished; stop it and raise after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        status = run_status(run_id, connection, env)
+        if status.startswith("finished"):
+            return status
+        if time.monotonic() > deadline:
+            subprocess.run(
+                [flwr_command(), "stop", str(run_id), connection],
+                env=env,
+                capture_output=True,
+                timeout=60,
+                check=False,
+            )
+            raise TimeoutError(
+                f"run {run_id} still {status} after {timeout:.0f} s (engine.run_timeout); stopped"
+            )
+        time.sleep(poll_interval)
+
+
+def run_deployment(cfg: DictConfig, run_config: dict) -> None:
+    """Submit the composed run to the SuperLink of ``cfg.engine`` with ``flwr run``; wait for it.
+
+    The SuperLink's ServerApp composes the same config from ``run_config["overrides"]`` and writes
+    the outputs into ``run_config["output-dir"]`` (absolute), which this host must see (same
+    machine or a shared file system) for :func:`execute` to read them back. SuperNodes must be
+    running, one per agent, with ``--node-config "partition-id=k num-partitions=K"``.
+    """
+    e = cfg.engine
+    if e.root_certificates and not e.insecure and not Path(e.root_certificates).is_file():
+        raise fq_config.ConfigError(
+            f"invalid config: engine.root_certificates={e.root_certificates!r} is not a file"
+        )
+    own_home = not e.flwr_home
+    flwr_home = (
+        Path(tempfile.mkdtemp(prefix="flower-qlearn-flwr-home-"))
+        if own_home
+        else Path(e.flwr_home).expanduser()
+    )
+    try:
+        env = flwr_env(flwr_home)
+        connection = e.connection or DEPLOYMENT_CONNECTION
+        if not e.connection:
+            write_connection(
+                flwr_home,
+                connection,
+                e.address,
+                root_certificates=e.root_certificates,
+                insecure=bool(e.insecure),
+            )
+        try:
+            run_id = submit_run(run_config, connection, env, app_dir=e.app_dir)
+        except RuntimeError as exc:
+            raise RuntimeError(
+                f"{exc}\n(check engine.address={e.address}, engine.root_certificates="
+                f"{e.root_certificates}, engine.insecure={e.insecure}, engine.connection="
+                f"{e.connection}; the SuperLink must be running)"
+            ) from None
+        log.info("flower-qlearn: submitted run %s to SuperLink %s", run_id, e.address or connection)
+        status = wait_for_run(
+            run_id,
+            connection,
+            env,
+            timeout=float(e.run_timeout),
+            poll_interval=float(e.poll_interval),
+        )
+        if status != "finished:completed":
+            tail = run_log(run_id, connection, env)[-3000:]
+            raise RuntimeError(f"deployment run {run_id} ended {status}; its log ends:\n{tail}")
+        out = Path(run_config[fq_config.OUTPUT_DIR_KEY])
+        if not (out / "summary.json").is_file():
+            raise RuntimeError(
+                f"deployment run {run_id} completed but {out} has no summary.json: the SuperLink "
+                "writes outputs on its own host; use a directory both machines see"
+            )
+    finally:
+        if own_home:
+            shutil.rmtree(flwr_home, ignore_errors=True)

@@ -136,9 +136,9 @@ def build_average_reward(cfg: DictConfig, mdp: TabularMDP) -> Plan:
         c_T=float(cfg.strategy.c_T),
         c_eta=float(cfg.strategy.c_eta),
     )
-    strategy = strategies.AverageRewardQ(
-        mdp.num_states, mdp.num_actions, schedule, min_replies=cfg.min_replies
-    )
+    args = common_strategy_args(cfg, mdp)
+    del args["value_bound"]  # normalized values live in [0, 1]: the strategy's own, tighter bound
+    strategy = strategies.AverageRewardQ(mdp.num_states, mdp.num_actions, schedule, **args)
     train_config = ConfigRecord({"task": "average_reward"})
     return Plan(strategy, train_config, schedule.num_rounds, objective="average_reward")
 
@@ -149,6 +149,7 @@ def build_dasa(cfg: DictConfig, mdp: TabularMDP) -> Plan:
     ``strategy.execution=async`` swaps the round loop for the real-asynchrony loop.
     """
     s = cfg.strategy
+    common = common_strategy_args(cfg, mdp)
     # |g| <= 1 + (1 + gamma) ||theta||_inf; slack for transients of a large step size.
     operator_bound = 4.0 * (1.0 + (1.0 + mdp.gamma) * _value_bound(mdp))
     strategy = strategies.DASA(
@@ -167,6 +168,8 @@ def build_dasa(cfg: DictConfig, mdp: TabularMDP) -> Plan:
         execution=str(s.execution),
         tick_s=float(s.tick_s),
         value_bound=operator_bound,
+        min_available_nodes=common["min_available_nodes"],
+        wait_timeout=common["wait_timeout"],
     )
     train_config = ConfigRecord(
         {"task": "q_operator", "batch_size": int(s.batch_size), "gamma": float(mdp.gamma)}
@@ -207,6 +210,8 @@ class Evaluator:
             return {
                 "gain_error": float(np.max(np.abs(v - self.rho))),
                 "rho_hat": float(v.mean()),
+                "rho_hat_max": float(v.max()),
+                "rho_hat_min": float(v.min()),
                 "policy_gain_gap": float(self.rho - policy_gain(self.mdp, greedy_policy(q))),
             }
         err = float(np.max(np.abs(q - self.q_star)))
@@ -459,6 +464,23 @@ def _title(cfg: DictConfig) -> str:
     )
 
 
+def _job_tag() -> str:
+    """``"[job N] "`` inside a Hydra multirun job (N = Hydra's job number), else ``""``.
+
+    Why: with a parallel launcher the progress lines of several jobs interleave; the number
+    matches Hydra's ``#N : overrides`` line and the job's output directory.
+    """
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+            return f"[job {HydraConfig.get().job.num}] "
+    except Exception:  # noqa: BLE001 - progress must never break a run
+        pass
+    return ""
+
+
 def _progress(cfg: DictConfig, plan: Plan, row: dict) -> None:
     r = row["round"]
     if not cfg.log_every or (r % cfg.log_every and r != plan.num_rounds):
@@ -469,7 +491,8 @@ def _progress(cfg: DictConfig, plan: Plan, row: dict) -> None:
         else f"q_error={row['q_error']:.4g}"
     )
     log.info(
-        "[round %d/%d] samples/agent=%d %s accepted=%s rejected=%s (%.1fs)",
+        "%s[round %d/%d] samples/agent=%d %s accepted=%s rejected=%s (%.1fs)",
+        _job_tag(),
         r,
         plan.num_rounds,
         row["samples_per_agent"],
