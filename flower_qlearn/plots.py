@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -210,7 +211,10 @@ def _parse_reach(items: Sequence[str] | Mapping | None) -> dict[str, float]:
         except ValueError:
             sep = ""
         if not sep:
-            raise SystemExit(f"flower-qlearn-plot: --reach expects METRIC=VALUE, got {item!r}")
+            print(
+                f"flower-qlearn-plot: --reach expects METRIC=VALUE, got {item!r}", file=sys.stderr
+            )
+            raise SystemExit(2)
     return out
 
 
@@ -281,19 +285,23 @@ def main(argv: Sequence[str]) -> int:
     try:
         jobs = sweeps.load_jobs(args.dir)
     except FileNotFoundError as exc:
-        print(f"flower-qlearn-plot: {exc}")
+        print(f"flower-qlearn-plot: {exc}", file=sys.stderr)
         return 2
     conf = sweeps.plot_settings(jobs)
     metrics = args.metric or conf.get("metrics") or sweeps.metrics_present(jobs)
     x = args.x or conf.get("x") or "samples_per_agent"
     if x not in sweeps.X_AXES:
-        print(f"flower-qlearn-plot: plot.x={x!r}; expected one of {', '.join(sweeps.X_AXES)}")
+        print(
+            f"flower-qlearn-plot: plot.x={x!r}; expected one of {', '.join(sweeps.X_AXES)}",
+            file=sys.stderr,
+        )
         return 2
     missing = [m for m in metrics if m not in jobs[0].rows[0]]
     if missing:
         print(
             f"flower-qlearn-plot: no column {', '.join(missing)} in metrics.csv; "
-            f"available: {', '.join(jobs[0].rows[0])}"
+            f"available: {', '.join(jobs[0].rows[0])}",
+            file=sys.stderr,
         )
         return 2
     average_over = _keys(args.average_over) or _keys(conf.get("average_over")) or ["seed"]
@@ -334,14 +342,12 @@ def main(argv: Sequence[str]) -> int:
     if vs:
         for metric in metrics:
             try:
-                scaling = sweeps.scaling_table(
-                    jobs, vs, metric, tail=tail, level=args.level, average_over=average_over
-                )
+                scaling = sweeps.scaling_table(jobs, vs, metric, tail=tail, level=args.level)
             except ValueError as exc:
-                print(f"flower-qlearn-plot: {exc}")
+                print(f"flower-qlearn-plot: {exc}", file=sys.stderr)
                 return 2
             stem = out / f"{prefix}{metric}_vs_{vs}"
-            written.append(plot_scaling(scaling, stem.with_suffix(".png"), title=title))
+            written.append(plot_scaling(scaling, stem.parent / f"{stem.name}.png", title=title))
             written.extend(sweeps.write_table(scaling.rows, stem))
             print(sweeps.markdown_table(scaling.rows))
             print(

@@ -362,10 +362,10 @@ class RunContext:
             self.plan.strategy.load_state_dict(state["strategy"])
         if state["grid"] is not None and hasattr(self.grid, "restore_state"):
             self.grid.restore_state(state["grid"])
-        elif state["grid"] is not None:
+        else:
             log.warning(
-                "resume: this engine cannot restore client state (Markov trajectories restart "
-                "from their initial distribution)"
+                "resume: client state (the agents' Markov states) is not restored on this "
+                "engine; trajectories restart from the initial distribution"
             )
         log.info("resume: continuing after round %d from %s", self.completed_rounds, path)
 

@@ -486,7 +486,6 @@ def scaling_table(
     *,
     tail: float = 0.5,
     level: float = 0.95,
-    average_over: Sequence[str] = SEED_KEYS,
 ) -> Scaling:
     """Mean squared ``metric`` over the last ``tail`` fraction of rounds and seeds, per ``key``.
 
@@ -558,7 +557,8 @@ def write_table(rows: Sequence[Mapping], path_stem: str | Path) -> tuple[Path, P
     columns: list[str] = []
     for row in rows:
         columns.extend(c for c in row if c not in columns)
-    csv_path, md_path = stem.with_suffix(".csv"), stem.with_suffix(".md")
+    # Append (not with_suffix): a stem like "woo_eta0.1_final" has a dot of its own.
+    csv_path, md_path = stem.parent / f"{stem.name}.csv", stem.parent / f"{stem.name}.md"
     with csv_path.open("w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(columns)

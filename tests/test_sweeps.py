@@ -1,0 +1,280 @@
+"""Tests for the sweep workflow: a real Hydra multirun, its aggregation, figures and tables.
+
+The aggregated mean and band are checked against a hand computation from the individual
+``metrics.csv`` files (read with the csv module, t quantiles from a table), not against the
+module's own helpers.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from flower_qlearn import config as fq_config
+from flower_qlearn import plots, sweeps
+
+#: Student t quantiles t_{0.975, df} (standard tables / scipy.stats.t.ppf).
+T975 = {
+    1: 12.706204736174707,
+    2: 4.302652729749464,
+    4: 2.7764451051977934,
+    19: 2.0930240544083096,
+    99: 1.9842169515086827,
+}
+
+SEEDS = 3
+SWEEP = [
+    "strategy=equal,importance",
+    f"seed=range(0,{SEEDS})",
+    "num_rounds=6",
+    "num_clients=4",
+    "client.local_steps=10",
+    "client.behavior=disjoint",
+    "log_every=3",
+    "figures=false",
+]
+EXPERIMENTS = sorted(p.stem for p in (fq_config.config_dir() / "experiment").glob("*.yaml"))
+
+
+def _flower_qlearn(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "flower_qlearn", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+
+
+@pytest.fixture(scope="module")
+def multirun(tmp_path_factory) -> tuple[Path, str]:
+    """A real 2-strategy x 3-seed multirun through the CLI (6 in-process jobs)."""
+    sweep_dir = tmp_path_factory.mktemp("multirun")
+    proc = _flower_qlearn("-m", *SWEEP, f"hydra.sweep.dir={sweep_dir}")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return sweep_dir, proc.stdout + proc.stderr
+
+
+def _csv_column(path: Path, column: str) -> list[float]:
+    with path.open(newline="") as fh:
+        return [float(row[column]) for row in csv.DictReader(fh)]
+
+
+def _by_hand(sweep_dir: Path, metric: str) -> dict[str, np.ndarray]:
+    """Per strategy: the (seeds, rounds) matrix of ``metric`` read from each job's files."""
+    out: dict[str, list] = {}
+    for job in sorted(p for p in sweep_dir.iterdir() if p.name.isdigit()):
+        overrides = yaml.safe_load((job / ".hydra" / "overrides.yaml").read_text())
+        strategy = next(o.split("=")[1] for o in overrides if o.startswith("strategy="))
+        out.setdefault(strategy, []).append(_csv_column(job / "metrics.csv", metric))
+    return {k: np.array(v) for k, v in out.items()}
+
+
+def test_multirun_writes_one_dir_per_job_and_tags_progress(multirun):
+    sweep_dir, log = multirun
+    jobs = sorted(p.name for p in sweep_dir.iterdir() if p.name.isdigit())
+    assert jobs == [str(i) for i in range(2 * SEEDS)]
+    # Which job is running and how far it is.
+    assert "[job 5] [round 6/6]" in log
+    assert "#5 : strategy=importance seed=2" in log
+
+
+def test_grouping_picks_the_varying_override(multirun):
+    sweep_dir, _ = multirun
+    jobs = sweeps.load_jobs(sweep_dir)
+    assert [j.path.name for j in jobs] == [str(i) for i in range(2 * SEEDS)]
+    # seed varies but is averaged over; num_rounds etc. are constant overrides.
+    assert sweeps.varying_keys(jobs) == ["strategy"]
+    assert sweeps.varying_keys(jobs, average_over=()) == ["strategy", "seed"]
+    groups = sweeps.group_jobs(jobs, ["strategy"])
+    assert list(groups) == [("equal",), ("importance",)]
+    assert [len(g) for g in groups.values()] == [SEEDS, SEEDS]
+
+
+def test_aggregate_equals_hand_computation(multirun):
+    sweep_dir, _ = multirun
+    keys, curves = sweeps.sweep_curves(sweeps.load_jobs(sweep_dir), ["normalized_q_error"])
+    hand = _by_hand(sweep_dir, "normalized_q_error")
+    samples = _csv_column(sweep_dir / "0" / "metrics.csv", "samples_per_agent")
+    assert keys == ["strategy"]
+    for curve in curves["normalized_q_error"]:
+        values = hand[curve.params["strategy"]]
+        mean = values.sum(axis=0) / SEEDS
+        sd = np.sqrt(((values - mean) ** 2).sum(axis=0) / (SEEDS - 1))
+        half = T975[SEEDS - 1] * sd / math.sqrt(SEEDS)
+        assert curve.num_seeds == SEEDS
+        np.testing.assert_allclose(curve.x, samples)
+        np.testing.assert_allclose(curve.mean, mean, rtol=1e-12)
+        np.testing.assert_allclose(curve.low, mean - half, rtol=1e-9)
+        np.testing.assert_allclose(curve.high, mean + half, rtol=1e-9)
+    # The strategies really differ (disjoint behavior), so the groups are not mixed up.
+    assert not np.allclose(hand["equal"], hand["importance"])
+
+
+def test_plot_command_writes_figures_and_table(multirun, tmp_path):
+    sweep_dir, _ = multirun
+    out = tmp_path / "figs"
+    args = [str(sweep_dir), "--out", str(out), "--reach", "q_error=100", "--name", "sweep.v1"]
+    assert plots.main(args) == 0
+    for name in ("normalized_q_error.png", "q_error.png"):
+        assert (out / f"sweep.v1_{name}").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "| strategy | seeds |" in (out / "sweep.v1_final.md").read_text()
+    with (out / "sweep.v1_final.csv").open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    hand = _by_hand(sweep_dir, "q_error")
+    assert [r["strategy"] for r in rows] == ["equal", "importance"]
+    for row in rows:
+        final = hand[row["strategy"]][:, -1]
+        mean = final.mean()
+        half = T975[SEEDS - 1] * final.std(ddof=1) / math.sqrt(SEEDS)
+        assert int(row["seeds"]) == SEEDS and int(row["round"]) == 6
+        assert float(row["q_error mean"]) == pytest.approx(mean, rel=1e-3)
+        assert float(row["q_error low"]) == pytest.approx(mean - half, rel=1e-3)
+        assert float(row["q_error high"]) == pytest.approx(mean + half, rel=1e-3)
+        assert int(row["rounds to q_error<=100 (first)"]) == 1  # every error is < 100
+
+
+def test_plot_command_on_a_single_run_dir(multirun, tmp_path):
+    sweep_dir, _ = multirun
+    run_dir = sweep_dir / "4"
+    assert plots.main([str(run_dir), "--metric", "q_error", "--x", "round"]) == 0
+    figures = run_dir / "figures"
+    assert (figures / "q_error.png").is_file() and (figures / "error_vs_samples.png").is_file()
+    with (figures / "final.csv").open(newline="") as fh:
+        (row,) = list(csv.DictReader(fh))
+    assert int(row["seeds"]) == 1
+    final = _csv_column(run_dir / "metrics.csv", "q_error")[-1]
+    assert float(row["q_error mean"]) == pytest.approx(final, rel=1e-3)
+    assert row["q_error low"] == row["q_error high"] == row["q_error mean"]  # one seed
+
+
+def test_plot_command_rejects_bad_input(tmp_path, multirun, capsys):
+    assert plots.main([str(tmp_path)]) == 2  # no runs below
+    assert plots.main([str(multirun[0]), "--metric", "nope"]) == 2
+    assert "no column nope" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("p", "df"), [(0.975, 1), (0.975, 2), (0.975, 4), (0.975, 19), (0.975, 99)]
+)
+def test_t_quantile_matches_tables(p, df):
+    assert sweeps.t_quantile(p, df) == pytest.approx(T975[df], rel=1e-10)
+
+
+def test_t_quantile_matches_scipy_on_a_grid():
+    stats = pytest.importorskip("scipy.stats")
+    for df in (1, 3, 7, 30, 500):
+        for p in (0.6, 0.9, 0.975, 0.995):
+            assert sweeps.t_quantile(p, df) == pytest.approx(stats.t.ppf(p, df), rel=1e-9)
+
+
+def _job(path: str, overrides: dict[str, str], errors: list[float]) -> sweeps.Job:
+    rows = [
+        {"round": r + 1, "samples_per_agent": 10.0 * (r + 1), "normalized_q_error": e}
+        for r, e in enumerate(errors)
+    ]
+    return sweeps.Job(Path(path), overrides, {}, rows)
+
+
+def test_scaling_slope_and_tail_average_by_hand():
+    # err = c / sqrt(K) (times a seed factor) in the tail: E[err^2] ~ 1/K, slope exactly 1.
+    jobs = []
+    for k in (1, 2, 4, 8):
+        for seed, factor in enumerate((0.9, 1.1)):
+            tail = [factor * 0.1 / math.sqrt(k)] * 4
+            jobs.append(
+                _job(
+                    f"{k}-{seed}",
+                    {"num_clients": str(k), "seed": str(seed)},
+                    [5.0, 4.0, 3.0, 2.0, *tail],
+                )
+            )
+    scaling = sweeps.scaling_table(jobs, "num_clients", "normalized_q_error", tail=0.5)
+    assert scaling.slope == pytest.approx(1.0, abs=1e-9)
+    assert [row["num_clients"] for row in scaling.rows] == [1, 2, 4, 8]
+    expected = (0.9**2 + 1.1**2) / 2 * 0.01 / 4  # mean over seeds of err^2, K = 4
+    assert scaling.rows[2]["E[normalized_q_error^2]"] == pytest.approx(expected, rel=1e-3)
+    assert scaling.rows[2]["tail rounds"] == 4
+    with pytest.raises(ValueError, match="not a number > 0"):
+        sweeps.scaling_table(
+            jobs[:2] + [_job("x", {"num_clients": "0"}, [1.0])], "num_clients", "normalized_q_error"
+        )
+
+
+def test_first_reach_reports_transient_dips():
+    curve = sweeps.aggregate(
+        [_job("a", {}, [0.5, 0.04, 0.06, 0.045, 0.03])], "normalized_q_error", "round"
+    )
+    assert sweeps.first_reach(curve, 0.05) == (2.0, 4.0)
+    assert sweeps.first_reach(curve, 0.01) == (None, None)
+    ends_above = sweeps.aggregate([_job("b", {}, [0.5, 0.04, 0.06])], "normalized_q_error")
+    assert sweeps.first_reach(ends_above, 0.05) == (2.0, None)
+
+
+def test_runs_without_hydra_fall_back_to_config_differences():
+    jobs = [
+        sweeps.Job(
+            Path(str(i)),
+            None,
+            {"strategy": {"name": s}, "seed": i, "output_dir": str(i)},
+            [{"round": 1, "samples_per_agent": 5.0, "q_error": 1.0}],
+        )
+        for i, s in enumerate(["equal", "equal", "importance"])
+    ]
+    assert sweeps.varying_keys(jobs) == ["strategy.name"]
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_experiment_configs_compose_and_every_sweep_point_validates(name):
+    """Every shipped experiment composes; a sweep (``hydra.sweeper.params``) validates per value."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    path = fq_config.config_dir() / "experiment" / f"{name}.yaml"
+    assert path.read_text().startswith("# @package _global_")
+    params = (yaml.safe_load(path.read_text()).get("hydra") or {}).get("sweeper", {}).get("params")
+    if not params:  # a single-run experiment
+        assert fq_config.compose([f"+experiment={name}"]).num_rounds >= 1
+        return
+    assert "seed" in params, "sweep experiments average over seeds"
+    parsed = OverridesParser.create().parse_overrides([f"{k}={v}" for k, v in params.items()])
+    choices = [
+        [f"{o.get_key_element()}={v}" for v in o.sweep_string_iterator()]
+        if o.is_sweep_override()
+        else [o.input_line]
+        for o in parsed
+    ]
+    # Each swept value with the others at their first value (composition costs ~20 ms each).
+    points = {tuple(c[0] for c in choices)}
+    for i, options in enumerate(choices):
+        for value in options:
+            points.add(tuple(value if j == i else c[0] for j, c in enumerate(choices)))
+    for point in points:
+        cfg = fq_config.compose([f"+experiment={name}", *point])
+        assert cfg.num_rounds >= 1
+
+
+@pytest.mark.slow
+def test_joblib_launcher_gives_the_same_numbers(multirun, tmp_path):
+    """The documented parallel option: ``hydra/launcher=joblib`` (2 workers)."""
+    sweep_dir, _ = multirun
+    proc = _flower_qlearn(
+        "-m",
+        "hydra/launcher=joblib",
+        "hydra.launcher.n_jobs=2",
+        *SWEEP[:1],
+        "seed=0",
+        *SWEEP[2:],
+        f"hydra.sweep.dir={tmp_path}",
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    hand = _by_hand(sweep_dir, "q_error")
+    for job, strategy in (("0", "equal"), ("1", "importance")):
+        parallel = _csv_column(tmp_path / job / "metrics.csv", "q_error")
+        np.testing.assert_array_equal(parallel, hand[strategy][0])
