@@ -73,10 +73,29 @@ def _base_mdp_cached(key: tuple) -> TabularMDP:
     return make_mdp(**dict(key))
 
 
-def agent_env(cfg: DictConfig, agent: int) -> AgentEnv:
-    """Agent ``agent``'s environment: base MDP (perturbed if ``client.heterogeneity > 0``)."""
+#: Optional node-config keys (``flower-supernode --node-config``) that give one SuperNode its own
+#: environment: the perturbation level and seed of its MDP (default: ``client.heterogeneity``
+#: and a seed derived from ``(seed, partition-id)``).
+NODE_HETEROGENEITY_KEY = "heterogeneity"
+NODE_PERTURB_SEED_KEY = "perturb-seed"
+
+
+def agent_env(cfg: DictConfig, agent: int, node_config: dict | None = None) -> AgentEnv:
+    """Agent ``agent``'s environment: base MDP, perturbed if the agent is heterogeneous.
+
+    The perturbation level is ``client.heterogeneity`` unless the node config sets
+    ``heterogeneity``; its seed is drawn from ``(seed, agent)`` unless the node config sets
+    ``perturb-seed``.
+    """
     settings = fq_config.plain(cfg)
     c = settings["client"]
+    node_config = node_config or {}
+    level = float(node_config.get(NODE_HETEROGENEITY_KEY, c["heterogeneity"]))
+    if not 0.0 <= level <= 1.0:
+        raise ValueError(f"node config {NODE_HETEROGENEITY_KEY}={level} is outside [0, 1]")
+    perturb_seed = node_config.get(NODE_PERTURB_SEED_KEY)
+    if perturb_seed is None:
+        perturb_seed = int(np.random.SeedSequence([settings["seed"], agent]).generate_state(1)[0])
     key = (
         _mdp_key(settings),
         agent,
@@ -85,7 +104,8 @@ def agent_env(cfg: DictConfig, agent: int) -> AgentEnv:
         float(c["behavior_alpha"]),
         float(c["behavior_epsilon"]),
         c["behavior_groups"],
-        float(c["heterogeneity"]),
+        level,
+        int(perturb_seed),
         settings["seed"],
     )
     return _agent_env_cached(key)
@@ -93,11 +113,10 @@ def agent_env(cfg: DictConfig, agent: int) -> AgentEnv:
 
 @lru_cache(maxsize=1024)
 def _agent_env_cached(key: tuple) -> AgentEnv:
-    mdp_key, agent, num_agents, behavior, alpha, epsilon, groups, heterogeneity, seed = key
+    mdp_key, agent, num_agents, behavior, alpha, epsilon, groups, level, perturb_seed, seed = key
     mdp = _base_mdp_cached(mdp_key)
-    if heterogeneity > 0:
-        agent_seed = int(np.random.SeedSequence([seed, agent]).generate_state(1)[0])
-        mdp = perturb(mdp, heterogeneity, seed=agent_seed)
+    if level > 0:
+        mdp = perturb(mdp, level, seed=perturb_seed)
     policy = behavior_policy(
         behavior,
         mdp.num_states,
@@ -163,7 +182,7 @@ def q_learning_task(
     q: np.ndarray, conf: ConfigRecord, context: Context, cfg: DictConfig, agent: int
 ) -> tuple[dict, dict]:
     """Local Q-learning from the global table (FedSynQ / FedAsynQ): ``local_steps`` steps."""
-    env = agent_env(cfg, agent)
+    env = agent_env(cfg, agent, context.node_config)
     rng = round_rng(cfg, agent, int(conf["server_round"]))
     steps = int(conf["local_steps"])
     lr = float(conf["learning_rate"])
@@ -190,7 +209,7 @@ def average_reward_task(
     use ``Vbar = max_a Qbar`` frozen for the whole period; synchronous (generative) sampling
     over every ``(s, a)``; the step sizes are the server's (``step_sizes``), never re-derived.
     """
-    env = agent_env(cfg, agent)
+    env = agent_env(cfg, agent, context.node_config)
     rng = round_rng(cfg, agent, int(conf["server_round"]))
     step_sizes = np.asarray(conf["step_sizes"], dtype=np.float64)
     v_frozen = q.max(axis=1)  # a new array: q is updated in place below
@@ -207,7 +226,7 @@ def q_operator_task(
     ``g(s, a) = (1/B) sum_j 1{(s_j, a_j) = (s, a)} (r_j + gamma max_b q(s'_j, b) - q(s_j, a_j))``.
     The reply echoes ``iteration`` so the server knows how stale the operator is on arrival.
     """
-    env = agent_env(cfg, agent)
+    env = agent_env(cfg, agent, context.node_config)
     rng = round_rng(cfg, agent, int(conf["server_round"]))
     batch_size = int(conf["batch_size"])
     if agent in set(cfg.client.get("slow_agents") or ()):

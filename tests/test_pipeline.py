@@ -187,3 +187,25 @@ def test_two_state_ground_truth_matches_closed_form():
     transition = np.array([[p, 1 - p], [1 - q, q]])
     v = np.linalg.solve(np.eye(2) - 0.9 * transition, np.array([0.0, 1.0]))
     np.testing.assert_allclose(optimal_q(mdp)[:, 0], v, atol=1e-10)
+
+
+def test_node_config_gives_a_supernode_its_own_environment(tmp_path):
+    # SuperNodes started with --node-config "partition-id=k heterogeneity=0.4 perturb-seed=7"
+    from flower_qlearn.client_app import app as client_app
+    from flower_qlearn.mdp import perturb
+
+    overrides = ["num_clients=2", "num_rounds=3", "log_every=0", "figures=false"]
+    cfg = fq_config.compose(overrides)
+    node_configs = [{"heterogeneity": 0.4, "perturb-seed": 7}, {}]
+    grid = InProcessGrid(client_app, 2, run_config_for(overrides, tmp_path),
+                         node_configs=node_configs)
+    run_server(grid, cfg, tmp_path)
+    env0 = agent_env(cfg, 0, grid.contexts[grid.get_node_ids()[0]].node_config)
+    expected = perturb(agent_env(cfg, 0).mdp, 0.4, seed=7)
+    np.testing.assert_array_equal(env0.mdp.P, expected.P)
+    np.testing.assert_array_equal(env0.mdp.R, expected.R)
+    # the run used it: agent 0's trajectory differs from an identical-environment run
+    same = run_experiment(overrides + [f"output_dir={tmp_path / 'same'}"])
+    assert not np.array_equal(np.load(tmp_path / "q_table.npy"), same.q_table)
+    with pytest.raises(ValueError, match="heterogeneity=1.5 is outside"):
+        agent_env(cfg, 0, {"heterogeneity": 1.5})
