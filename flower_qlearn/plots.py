@@ -10,12 +10,14 @@ parameter with its fitted log-log slope (the linear-speedup test).
 from __future__ import annotations
 
 import argparse
+import logging
 import math
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import matplotlib
+from hydra.experimental.callback import Callback
 
 matplotlib.use("Agg")  # files only: runs happen on servers and in CI without a display
 import matplotlib.pyplot as plt  # noqa: E402
@@ -366,3 +368,24 @@ def main(argv: Sequence[str]) -> int:
     for path in written:
         print(path)
     return 0
+
+
+class SweepFigures(Callback):
+    """Hydra callback: when a multirun ends, draw its figures and tables into the sweep dir.
+
+    So ``flower-qlearn -m +experiment=NAME`` regenerates an experiment's figure in one command
+    (``multirun/NAME/figures/``), with the experiment's ``plot:`` defaults. Registered in
+    ``conf/config.yaml``; ``sweep_figures=false`` turns it off.
+    """
+
+    def on_multirun_end(self, config, **kwargs) -> None:  # noqa: D102 - Hydra's hook
+        if not config.get("sweep_figures", True):
+            return
+        sweep_dir = Path(str(config.hydra.sweep.dir))
+        try:
+            main([str(sweep_dir)])
+        except Exception as exc:  # noqa: BLE001 - a plotting failure must not fail the sweep
+            logging.getLogger("flower_qlearn").warning(
+                "could not draw the sweep figures of %s: %s (run flower-qlearn-plot %s)",
+                sweep_dir, exc, sweep_dir,
+            )

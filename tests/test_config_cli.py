@@ -79,5 +79,9 @@ def test_cli_run_and_multirun_write_one_output_dir_per_job(tmp_path):
     assert proc.returncode == 0, proc.stderr
     jobs = sorted((tmp_path / "sweep").glob("*/metrics.csv"))
     assert len(jobs) == 4
+    # the SweepFigures callback drew the sweep's figure and table when the multirun ended
+    assert (tmp_path / "sweep" / "figures" / "normalized_q_error.png").stat().st_size > 1000
+    table = (tmp_path / "sweep" / "figures" / "final.md").read_text()
+    assert "equal" in table and "importance" in table
     overrides = sorted((p.parent / ".hydra" / "overrides.yaml").read_text() for p in jobs)
     assert any("strategy=importance" in o and "seed=1" in o for o in overrides)
