@@ -32,7 +32,7 @@ import numpy as np
 from flwr.app import ConfigRecord, Context, Error, Message, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.common.constant import NUM_PARTITIONS_KEY, PARTITION_ID_KEY, SUPERLINK_NODE_ID, ErrorCode
-from flwr.serverapp import Grid
+from flwr.serverapp import Grid, ServerApp
 from flwr.supercore.run import Run
 from flwr.supercore.task_identity import TaskIdentity
 from omegaconf import DictConfig
@@ -232,6 +232,18 @@ def default_output_dir() -> Path:
     return Path("outputs") / now.strftime("%Y-%m-%d") / now.strftime("%H-%M-%S-%f")
 
 
+def run_server_app(server_app: ServerApp, grid: Grid, run_config: dict) -> None:
+    """Run ``server_app`` over ``grid`` in this process, with a SuperLink-side ``Context``."""
+    context = Context(
+        run_id=grid.run.run_id,
+        node_id=SUPERLINK_NODE_ID,
+        node_config={},
+        state=RecordDict(),
+        run_config=dict(run_config),
+    )
+    server_app(grid, context)
+
+
 def run_config_for(overrides: Sequence[str], output_dir: Path) -> dict:
     """The Flower run config that carries a composed experiment to the apps."""
     return {
@@ -261,14 +273,7 @@ def execute(cfg: DictConfig, overrides: Sequence[str], output_dir: Path) -> RunR
             run_config,
             concurrent=bool(cfg.engine.get("concurrent", False)),
         )
-        server_context = Context(
-            run_id=grid.run.run_id,
-            node_id=SUPERLINK_NODE_ID,
-            node_config={},
-            state=RecordDict(),
-            run_config=dict(run_config),
-        )
-        server_app(grid, server_context)
+        run_server_app(server_app, grid, run_config)
     elif engine == "ray":
         run_ray(cfg, run_config)
     elif engine == "deployment":
@@ -381,11 +386,12 @@ def write_connection(
     insecure: bool = False,
 ) -> Path:
     """Add SuperLink connection ``name`` to ``FLWR_HOME/config.toml`` (the Flower CLI config)."""
-    import tomli
+    import tomllib
+
     import tomli_w
 
     path = Path(flwr_home) / "config.toml"
-    data = tomli.loads(path.read_text()) if path.is_file() else {}
+    data = tomllib.loads(path.read_text()) if path.is_file() else {}
     links = data.setdefault("superlink", {})
     conn: dict = {"address": str(address)}
     if insecure:

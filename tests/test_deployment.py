@@ -15,14 +15,12 @@ import os
 import subprocess
 import sys
 import time
+import tomllib
 import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
-import tomli
-from flwr.app import Context, RecordDict
-from flwr.common.constant import SUPERLINK_NODE_ID
 
 from flower_qlearn import config as fq_config
 from flower_qlearn import run_experiment
@@ -31,6 +29,7 @@ from flower_qlearn.engine import (
     InProcessGrid,
     RunResult,
     run_config_for,
+    run_server_app,
     write_connection,
 )
 
@@ -101,14 +100,14 @@ def test_apps_compose_conf_from_an_unpacked_fab_without_the_installed_package(tm
 
 
 def test_pyproject_declares_the_flower_app_and_its_run_config():
-    app = tomli.loads((ROOT / "pyproject.toml").read_text())["tool"]["flwr"]["app"]
+    app = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["flwr"]["app"]
     assert app["components"] == {
         "serverapp": "flower_qlearn.server_app:app",
         "clientapp": "flower_qlearn.client_app:app",
     }
     assert set(app["config"]) == {fq_config.OVERRIDES_KEY, fq_config.OUTPUT_DIR_KEY}
     # `flwr run` migrates a legacy federations table and rewrites pyproject.toml in place.
-    assert "federations" not in tomli.loads((ROOT / "pyproject.toml").read_text())["tool"]["flwr"]
+    assert "federations" not in tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["flwr"]
 
 
 def test_deployment_config_is_validated_with_one_line_errors():
@@ -131,7 +130,7 @@ def test_deployment_config_is_validated_with_one_line_errors():
 def test_write_connection_produces_the_flower_cli_config(tmp_path):
     write_connection(tmp_path, "a", "127.0.0.1:9", root_certificates=tmp_path / "ca.crt")
     write_connection(tmp_path, "b", "10.0.0.1:8000", insecure=True)
-    conf = tomli.loads((tmp_path / "config.toml").read_text())["superlink"]
+    conf = tomllib.loads((tmp_path / "config.toml").read_text())["superlink"]
     assert conf["default"] == "a"
     assert conf["a"] == {"address": "127.0.0.1:9", "root-certificates": str(tmp_path / "ca.crt")}
     assert conf["b"] == {"address": "10.0.0.1:8000", "insecure": True}
@@ -240,14 +239,7 @@ def _inprocess_losing_node(overrides: list[str], output_dir: Path, lost: int, af
     grid = LoseNodeGrid(
         client_app, cfg.num_clients, run_config, lost=lost, rounds_before_loss=after
     )
-    context = Context(
-        run_id=grid.run.run_id,
-        node_id=SUPERLINK_NODE_ID,
-        node_config={},
-        state=RecordDict(),
-        run_config=dict(run_config),
-    )
-    server_app(grid, context)
+    run_server_app(server_app, grid, run_config)
     return RunResult.load(output_dir)
 
 

@@ -6,12 +6,10 @@ import importlib.util
 from pathlib import Path
 
 import numpy as np
-from flwr.app import Context, RecordDict
-from flwr.common.constant import SUPERLINK_NODE_ID
 
 from flower_qlearn import run_experiment
 from flower_qlearn.client_app import app as client_app
-from flower_qlearn.engine import InProcessGrid
+from flower_qlearn.engine import InProcessGrid, run_server_app
 
 EXAMPLE = Path(__file__).parents[1] / "examples" / "own_server_app.py"
 
@@ -21,9 +19,8 @@ def test_users_server_app_with_flwr_start_matches_our_server_app(tmp_path):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     grid = InProcessGrid(client_app, 20, {"output-dir": str(tmp_path)})
-    context = Context(run_id=grid.run.run_id, node_id=SUPERLINK_NODE_ID, node_config={},
-                      state=RecordDict(), run_config={"output-dir": str(tmp_path)})
-    module.app(grid, context)  # Flower's own Strategy.start drives the rounds
+    # Flower's own Strategy.start drives the rounds
+    run_server_app(module.app, grid, {"output-dir": str(tmp_path)})
     ours = run_experiment(["strategy=importance", "num_rounds=20", "log_every=0",
                            "figures=false", f"output_dir={tmp_path / 'ours'}"])
     np.testing.assert_array_equal(np.load(tmp_path / "q_table.npy"), ours.q_table)
