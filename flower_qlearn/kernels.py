@@ -23,6 +23,7 @@ from numba import njit
 # numba's on-disk cache is keyed on each function's own source file: after editing the njit
 # helpers in sampling.py, delete flower_qlearn/__pycache__/kernels.*.nb[ic] or these kernels
 # keep running the old helpers.
+from flower_qlearn import kernel_checks as check
 from flower_qlearn.sampling import draw_next_states, markov_step
 
 __all__ = [
@@ -187,82 +188,6 @@ def q_operator_batch(
     return total, state
 
 
-# --------------------------------------------------------------------------- validation
-
-
-def _in_place(array: np.ndarray, name: str, shape: tuple[int, ...], dtype: type) -> None:
-    """Check an array the loops update in place: it cannot be silently converted."""
-    if not isinstance(array, np.ndarray):
-        raise ValueError(f"{name} must be a numpy array, got {type(array).__name__}")
-    if array.dtype != dtype or not array.flags.c_contiguous or not array.flags.writeable:
-        raise ValueError(
-            f"{name} must be a writeable C-contiguous {np.dtype(dtype).name} array "
-            f"(it is updated in place), got dtype {array.dtype}"
-        )
-    if array.shape != shape:
-        raise ValueError(f"{name} must have shape {shape}, got {array.shape}")
-
-
-def _read_only(array: np.ndarray, name: str, shape: tuple[int, ...], check_finite: bool = True):
-    """Convert an input the loops only read to a writeable float64 C-contiguous array.
-
-    No copy when it already is one. A read-only array (e.g. a frozen MDP's reward) is copied:
-    numba compiles a separate specialization per read-only flag, and one is enough.
-    """
-    array = np.ascontiguousarray(array, dtype=np.float64)
-    if array.shape != shape:
-        raise ValueError(f"{name} must have shape {shape}, got {array.shape}")
-    if check_finite and not np.all(np.isfinite(array)):
-        raise ValueError(f"{name} must be finite")
-    if not array.flags.writeable:
-        array = array.copy()
-    return array
-
-
-def _q_shape(q: np.ndarray, name: str) -> tuple[int, int]:
-    if not isinstance(q, np.ndarray) or q.ndim != 2 or q.shape[0] < 1 or q.shape[1] < 1:
-        raise ValueError(f"{name} must be a (S, A) array with S, A >= 1")
-    return q.shape
-
-
-def _gamma(gamma: float) -> float:
-    if not 0.0 <= gamma < 1.0:
-        raise ValueError(f"gamma must be in [0, 1), got {gamma}")
-    return float(gamma)
-
-
-def _learning_rate(learning_rate: float) -> float:
-    if not 0.0 < learning_rate <= 1.0:
-        raise ValueError(f"learning_rate must be in (0, 1], got {learning_rate}")
-    return float(learning_rate)
-
-
-def _count(value: int, name: str, minimum: int = 0) -> int:
-    if isinstance(value, bool) or int(value) != value or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
-
-
-def _state(state: int, num_states: int) -> int:
-    if isinstance(state, bool) or int(state) != state or not 0 <= state < num_states:
-        raise ValueError(f"state must be an integer in [0, {num_states}), got {state!r}")
-    return int(state)
-
-
-def _cdf(cdf: np.ndarray, name: str, shape: tuple[int, ...]) -> np.ndarray:
-    """Check a cumulative table: catches passing probabilities instead of ``cumulative(P)``.
-
-    Only the last entries are checked (O(S A)): a full scan of an ``(S, A, S)`` table every
-    round would cost more than the round's local steps on large state spaces.
-    """
-    cdf = _read_only(cdf, name, shape, check_finite=False)
-    if np.any(cdf[..., -1] != 1.0):
-        raise ValueError(
-            f"{name} must be a cumulative table from sampling.cumulative (last entries exactly 1)"
-        )
-    return cdf
-
-
 # --------------------------------------------------------------------------- drivers
 
 
@@ -301,13 +226,13 @@ def run_sync_q(
     rng : np.random.Generator
         Source of randomness.
     """
-    shape = _q_shape(q, "q")
-    _in_place(q, "q", shape, np.float64)
-    reward = _read_only(reward, "reward", shape)
-    p_cdf = _cdf(p_cdf, "p_cdf", (*shape, shape[0]))
-    gamma = _gamma(gamma)
-    learning_rate = _learning_rate(learning_rate)
-    remaining = _count(num_steps, "num_steps")
+    shape = check.q_shape(q, "q")
+    check.in_place(q, "q", shape, np.float64)
+    reward = check.read_only(reward, "reward", shape)
+    p_cdf = check.cdf(p_cdf, "p_cdf", (*shape, shape[0]))
+    gamma = check.gamma(gamma)
+    learning_rate = check.learning_rate(learning_rate)
+    remaining = check.count(num_steps, "num_steps")
     chunk = _steps_per_chunk(shape[0] * shape[1])
     while remaining > 0:
         steps = min(chunk, remaining)
@@ -360,16 +285,16 @@ def run_async_q(
     int
         The state after the last step (the next round starts there).
     """
-    shape = _q_shape(q, "q")
-    _in_place(q, "q", shape, np.float64)
-    _in_place(counts, "counts", shape, np.int64)
-    reward = _read_only(reward, "reward", shape)
-    p_cdf = _cdf(p_cdf, "p_cdf", (*shape, shape[0]))
-    pi_cdf = _cdf(pi_cdf, "pi_cdf", shape)
-    gamma = _gamma(gamma)
-    learning_rate = _learning_rate(learning_rate)
-    state = _state(state, shape[0])
-    remaining = _count(num_steps, "num_steps")
+    shape = check.q_shape(q, "q")
+    check.in_place(q, "q", shape, np.float64)
+    check.in_place(counts, "counts", shape, np.int64)
+    reward = check.read_only(reward, "reward", shape)
+    p_cdf = check.cdf(p_cdf, "p_cdf", (*shape, shape[0]))
+    pi_cdf = check.cdf(pi_cdf, "pi_cdf", shape)
+    gamma = check.gamma(gamma)
+    learning_rate = check.learning_rate(learning_rate)
+    state = check.state(state, shape[0])
+    remaining = check.count(num_steps, "num_steps")
     chunk = _steps_per_chunk(2)
     while remaining > 0:
         steps = min(chunk, remaining)
@@ -409,12 +334,12 @@ def run_average_reward(
     rng : np.random.Generator
         Source of randomness (drawn as by ``GenerativeModel.sample``).
     """
-    shape = _q_shape(q, "q")
-    _in_place(q, "q", shape, np.float64)
-    reward = _read_only(reward, "reward", shape)
-    v_frozen = _read_only(v_frozen, "v_frozen", (shape[0],))
-    p_cdf = _cdf(p_cdf, "p_cdf", (*shape, shape[0]))
-    gamma = _gamma(gamma)
+    shape = check.q_shape(q, "q")
+    check.in_place(q, "q", shape, np.float64)
+    reward = check.read_only(reward, "reward", shape)
+    v_frozen = check.read_only(v_frozen, "v_frozen", (shape[0],))
+    p_cdf = check.cdf(p_cdf, "p_cdf", (*shape, shape[0]))
+    gamma = check.gamma(gamma)
     step_sizes = np.ascontiguousarray(step_sizes, dtype=np.float64)
     if step_sizes.ndim != 1:
         raise ValueError(f"step_sizes must be one-dimensional, got shape {step_sizes.shape}")
@@ -463,17 +388,17 @@ def run_q_operator(
         ``(g, final_state)``: ``g`` float64 with the shape of ``theta``; the chain's new state.
     """
     reward = np.ascontiguousarray(reward, dtype=np.float64)
-    shape = _q_shape(reward, "reward")
-    reward = _read_only(reward, "reward", shape)
+    shape = check.q_shape(reward, "reward")
+    reward = check.read_only(reward, "reward", shape)
     theta_in = np.asarray(theta)
     if theta_in.shape not in (shape, (shape[0] * shape[1],)):
         raise ValueError(f"theta must have shape {shape} or ({shape[0] * shape[1]},)")
-    theta_2d = _read_only(theta_in.reshape(shape), "theta", shape)
-    p_cdf = _cdf(p_cdf, "p_cdf", (*shape, shape[0]))
-    pi_cdf = _cdf(pi_cdf, "pi_cdf", shape)
-    gamma = _gamma(gamma)
-    state = _state(state, shape[0])
-    batch_size = _count(batch_size, "batch_size", minimum=1)
+    theta_2d = check.read_only(theta_in.reshape(shape), "theta", shape)
+    p_cdf = check.cdf(p_cdf, "p_cdf", (*shape, shape[0]))
+    pi_cdf = check.cdf(pi_cdf, "pi_cdf", shape)
+    gamma = check.gamma(gamma)
+    state = check.state(state, shape[0])
+    batch_size = check.count(batch_size, "batch_size", minimum=1)
     total = np.zeros(shape)
     chunk = _steps_per_chunk(2)
     for start in range(0, batch_size, chunk):

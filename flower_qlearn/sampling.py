@@ -22,6 +22,7 @@ from numba import njit
 
 __all__ = [
     "BEHAVIORS",
+    "SAMPLINGS",
     "GenerativeModel",
     "MarkovChain",
     "behavior_policy",
@@ -32,6 +33,9 @@ __all__ = [
 ]
 
 BEHAVIORS = ("uniform", "disjoint", "dirichlet", "epsilon_greedy")
+#: How a client samples (ALGORITHMS.md section 1): its own Markovian trajectory under its
+#: behavior policy (asynchronous), or one next state for every (s, a) (synchronous).
+SAMPLINGS = ("markovian", "generative")
 
 # Tolerance on row sums: builders and Dirichlet draws are normalized up to rounding only.
 _ROW_SUM_ATOL = 1e-6
