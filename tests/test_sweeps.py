@@ -8,6 +8,7 @@ module's own helpers.
 from __future__ import annotations
 
 import csv
+import itertools
 import math
 import subprocess
 import sys
@@ -16,14 +17,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from matplotlib.figure import Figure
 
 from flower_qlearn import config as fq_config
-from flower_qlearn import plots, sweeps
+from flower_qlearn import plot_command, plots, sweeps
 
 #: Student t quantiles t_{0.975, df} (standard tables / scipy.stats.t.ppf).
 T975 = {
     1: 12.706204736174707,
     2: 4.302652729749464,
+    3: 3.182446305284263,
     4: 2.7764451051977934,
     19: 2.0930240544083096,
     99: 1.9842169515086827,
@@ -146,7 +149,9 @@ def test_plot_command_on_a_single_run_dir(multirun, tmp_path):
     run_dir = sweep_dir / "4"
     assert plots.main([str(run_dir), "--metric", "q_error", "--x", "round"]) == 0
     figures = run_dir / "figures"
-    assert (figures / "q_error.png").is_file() and (figures / "error_vs_samples.png").is_file()
+    # --x round is not the default x: its figure is named for it (issue 15), beside the defaults.
+    assert (figures / "q_error_vs_round.png").is_file()
+    assert (figures / "error_vs_samples.png").is_file()
     with (figures / "final.csv").open(newline="") as fh:
         (row,) = list(csv.DictReader(fh))
     assert int(row["seeds"]) == 1
@@ -278,3 +283,231 @@ def test_joblib_launcher_gives_the_same_numbers(multirun, tmp_path):
     for job, strategy in (("0", "equal"), ("1", "importance")):
         parallel = _csv_column(tmp_path / job / "metrics.csv", "q_error")
         np.testing.assert_array_equal(parallel, hand[strategy][0])
+
+
+# --------------------------------------------------------------------------------------------
+# Figures as a user sees them (issue 15), on sweep directories written here: no run needed.
+# --------------------------------------------------------------------------------------------
+
+
+def _write_sweep(
+    root: Path, grid: dict[str, list], seeds: int, metrics, rounds: int = 30, plot=None
+) -> Path:
+    """A Hydra-style multirun: ``root/<n>/{.hydra/overrides.yaml, .hydra/config.yaml,
+    metrics.csv}``, one job per grid point and seed; ``metrics(params, seed, round)`` -> row."""
+    points = [dict(zip(grid, values, strict=True)) for values in itertools.product(*grid.values())]
+    num = 0
+    for params in points:
+        for seed in range(seeds):
+            job = root / str(num)
+            num += 1
+            (job / ".hydra").mkdir(parents=True)
+            overrides = [f"{k}={v}" for k, v in params.items()] + [f"seed={seed}"]
+            (job / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+            config = {"seed": seed, **({"plot": plot} if plot else {})}
+            (job / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
+            rows = [
+                {"round": r, "samples_per_agent": 50 * r, **metrics(params, seed, r)}
+                for r in range(1, rounds + 1)
+            ]
+            with (job / "metrics.csv").open("w", newline="") as fh:
+                writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+                writer.writeheader()
+                writer.writerows(rows)
+    return root
+
+
+def _decay(params: dict, seed: int, r: int) -> dict:
+    scale = {"equal": 1.0, "importance": 0.6}[params["strategy"]]
+    scale *= {"uniform": 1.0, "disjoint": 1.5}[params.get("client.behavior", "uniform")]
+    return {"normalized_q_error": scale * 0.85**r * (1 + 0.02 * seed), "q_error": 9 * scale / r}
+
+
+@pytest.fixture
+def saved_figures(monkeypatch) -> dict[str, Figure]:
+    """Every figure the plot command saves, by file name, to look at its title, legend, ticks."""
+    saved: dict[str, Figure] = {}
+    savefig = Figure.savefig
+
+    def recording_savefig(self, fname, *args, **kwargs):
+        saved[Path(fname).name] = self
+        return savefig(self, fname, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", recording_savefig)
+    return saved
+
+
+def _legend_texts(fig: Figure) -> list[str]:
+    legend = fig.axes[0].get_legend()
+    return [t.get_text() for t in legend.get_texts()] if legend else []
+
+
+def test_sweep_figure_title_says_what_was_swept(tmp_path, saved_figures):
+    sweep_dir = _write_sweep(
+        tmp_path / "18-16-40",
+        {"strategy": ["equal", "importance"], "client.behavior": ["uniform", "disjoint"]},
+        3,
+        _decay,
+    )
+    assert plot_command.main([str(sweep_dir)]) == 0
+    title = saved_figures["normalized_q_error.png"].axes[0].get_title()
+    assert "normalized_q_error: strategy x behavior, mean of 3 seeds" in title
+    assert "95% t-interval" in title
+    assert "18-16-40" not in title and "runs in" not in title
+    # A title given by the user (or the sweep's plot.title) comes first; the description stays.
+    assert plot_command.main([str(sweep_dir), "--title", "Woo et al., K=20"]) == 0
+    title = saved_figures["q_error.png"].axes[0].get_title()
+    assert title.splitlines()[0] == "Woo et al., K=20"
+    assert "q_error: strategy x behavior, mean of 3 seeds" in title.splitlines()[1]
+
+
+def test_another_x_axis_does_not_overwrite_the_default_figures(tmp_path, saved_figures):
+    sweep_dir = _write_sweep(tmp_path / "sweep", {"strategy": ["equal", "importance"]}, 2, _decay)
+    figures = sweep_dir / "figures"
+    assert plot_command.main([str(sweep_dir)]) == 0
+    default = (figures / "q_error.png").read_bytes()
+    assert plot_command.main([str(sweep_dir), "--x", "round", "--name", "v1"]) == 0
+    assert plot_command.main([str(sweep_dir), "--x", "round"]) == 0
+    assert (figures / "q_error.png").read_bytes() == default
+    assert saved_figures["q_error.png"].axes[0].get_xlabel() == "samples per agent"
+    assert saved_figures["q_error_vs_round.png"].axes[0].get_xlabel() == "round"
+    assert (figures / "v1_normalized_q_error_vs_round.png").is_file()
+    # The default x is the sweep's own (plot.x): then the other axis gets the suffix.
+    dasa_like = _write_sweep(
+        tmp_path / "dasa", {"strategy": ["equal", "importance"]}, 2, _decay, plot={"x": "round"}
+    )
+    assert plot_command.main([str(dasa_like), "--metric", "q_error"]) == 0
+    other_x = ["--metric", "q_error", "--x", "samples_per_agent"]
+    assert plot_command.main([str(dasa_like), *other_x]) == 0
+    assert saved_figures["q_error.png"].axes[0].get_xlabel() == "round"
+    assert (dasa_like / "figures" / "q_error_vs_samples_per_agent.png").is_file()
+
+
+def _gap(params: dict, seed: int, r: int) -> dict:
+    # importance: the greedy policy is optimal from round 6 on (a gap of exactly 0); equal: from
+    # round 10 on, where one seed's gap is a rounding residue (1e-16), as rho* - rho(pi) gives.
+    solved = 6 if params["strategy"] == "importance" else 10
+    gap = 0.3 * 0.5**r if r < solved else (1e-16 if seed == 0 else 0.0)
+    return {"gain_error": 0.5 * 0.9**r, "policy_gain_gap": gap}
+
+
+def _zero_marks(fig: Figure) -> list:
+    ax = fig.axes[0]
+    return [line for line in ax.lines if line.get_marker() == "v" and line.get_label()[0] == "_"]
+
+
+def test_zeros_on_a_log_axis_are_marked_on_the_axis_bottom(tmp_path, saved_figures):
+    sweep_dir = _write_sweep(
+        tmp_path / "avg", {"strategy": ["equal", "importance"]}, 3, _gap, rounds=15
+    )
+    args = [str(sweep_dir), "--metric", "policy_gain_gap", "--yscale", "log"]
+    assert plot_command.main(args) == 0
+    fig = saved_figures["policy_gain_gap.png"]
+    ax = fig.axes[0]
+    bottom = ax.get_ylim()[0]
+    smallest_gap = 0.3 * 0.5**9  # equal's last positive gap
+    assert bottom == pytest.approx(smallest_gap / 3)  # not 1e-12, not a made-up floor
+    for line in ax.lines:
+        if line.get_marker() != "v" and line.get_label().endswith("(n=3)"):
+            y = np.asarray(line.get_ydata(), dtype=float)
+            assert np.nanmin(y) >= smallest_gap * (1 - 1e-9)  # the line never dips to a floor
+            assert np.isnan(y).sum() == {"equal": 6, "importance": 10}[line.get_label()[:-6]]
+    marks = _zero_marks(fig)
+    rounds_at_zero = sorted(len(m.get_xdata()) for m in marks)
+    assert rounds_at_zero == [6, 10]  # each group's zeros, one triangle per x
+    assert all(m.get_transform() == ax.get_xaxis_transform() for m in marks)  # axes units
+    assert min(float(np.max(m.get_ydata())) for m in marks) == 0.0  # on the axis bottom
+    assert plots.ZERO_LABEL in _legend_texts(fig)
+
+
+def test_single_run_figure_marks_a_zero_gap_instead_of_drawing_1e_12(tmp_path, saved_figures):
+    history = [
+        {"samples_per_agent": 50 * r, **_gap({"strategy": "equal"}, 1, r)} for r in range(1, 15)
+    ]
+    plots.plot_run(history, tmp_path, objective="average_reward")
+    fig = saved_figures["policy_gain_gap.png"]
+    ax = fig.axes[0]
+    (curve,) = [line for line in ax.lines if line.get_marker() != "v"]
+    assert np.nanmin(np.asarray(curve.get_ydata(), dtype=float)) > 1e-4
+    assert ax.get_ylim()[0] > 1e-4
+    ((mark),) = _zero_marks(fig)
+    assert list(mark.get_xdata()) == [50.0 * r for r in range(10, 15)]
+    assert _legend_texts(fig) == [plots.ZERO_LABEL]
+
+
+def test_reach_threshold_is_in_the_legend(tmp_path, saved_figures):
+    sweep_dir = _write_sweep(tmp_path / "sweep", {"strategy": ["equal", "importance"]}, 2, _decay)
+    assert plot_command.main([str(sweep_dir), "--reach", "normalized_q_error=0.05"]) == 0
+    texts = _legend_texts(saved_figures["normalized_q_error.png"])
+    assert "reach threshold 0.05" in texts
+    assert texts[:2] == ["equal (n=2)", "importance (n=2)"]
+    assert not any("threshold" in t for t in _legend_texts(saved_figures["q_error.png"]))
+
+
+def _floor(params: dict, seed: int, r: int) -> dict:
+    # Error floor ~ 1/sqrt(K): 1/E[err^2] spans less than a decade over K = 2..6.
+    k = int(params["num_clients"])
+    return {"normalized_q_error": 0.05 / math.sqrt(k) * (1 + 0.05 * (seed - 1)) + 0.5 * 0.7**r}
+
+
+def test_vs_figure_labels_only_clean_major_ticks(tmp_path, saved_figures):
+    sweep_dir = _write_sweep(tmp_path / "speedup", {"num_clients": [2, 3, 4, 6]}, 3, _floor)
+    assert plot_command.main([str(sweep_dir), "--vs", "num_clients"]) == 0
+    fig = saved_figures["normalized_q_error_vs_num_clients.png"]
+    fig.canvas.draw()
+    ax = fig.axes[0]
+    low, high = ax.get_ylim()
+    assert high / low < 10  # less than a decade: where matplotlib labels minor ticks "3x10^0"
+    for axis in (ax.xaxis, ax.yaxis):
+        assert [t.get_text() for t in axis.get_ticklabels(minor=True)] == [""] * len(
+            axis.get_ticklabels(minor=True)
+        )
+    assert [t.get_text() for t in ax.xaxis.get_ticklabels()] == ["2", "3", "4", "6"]
+    y_labels = [
+        t.get_text()
+        for t, v in zip(ax.yaxis.get_ticklabels(), ax.yaxis.get_ticklocs(), strict=True)
+        if low <= v <= high
+    ]
+    assert len(y_labels) >= 2 and all(label.isdigit() for label in y_labels)  # e.g. 1000, 2000
+
+
+def test_help_shows_a_plain_percent_sign(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        plot_command.main(["--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert "95% band" in " ".join(out.split())  # argparse may wrap the line
+    assert "%%" not in out
+
+
+def test_mean_band_matches_a_hand_computation():
+    values = np.array([[1.0, 2.0, np.nan], [3.0, 2.5, 4.0], [2.0, 6.0, np.nan], [5.0, np.nan, 1]])
+    mean, low, high = sweeps.mean_band(values)
+    for j, df in ((0, 3), (1, 2)):
+        column = values[~np.isnan(values[:, j]), j]
+        half = T975[df] * column.std(ddof=1) / math.sqrt(df + 1)
+        assert mean[j] == pytest.approx(column.mean(), rel=1e-12)
+        assert (low[j], high[j]) == pytest.approx((column.mean() - half, column.mean() + half))
+    half = T975[1] * np.std([4.0, 1.0], ddof=1) / math.sqrt(2)
+    assert (low[2], high[2]) == pytest.approx((2.5 - half, 2.5 + half), rel=1e-12)
+    # One value: a zero-width band, not NaN.
+    assert sweeps.mean_band(np.array([[0.3]])) == (
+        pytest.approx([0.3]),
+        pytest.approx([0.3]),
+        pytest.approx([0.3]),
+    )
+
+
+def test_the_hydra_callback_module_does_not_import_matplotlib():
+    code = (
+        "import sys, flower_qlearn.sweep_callback; "
+        "print(sorted(m for m in ('matplotlib', 'scipy') if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
+    assert out.strip() == "[]"
+    # The old _target_ keeps working.
+    from flower_qlearn import sweep_callback
+
+    assert plots.SweepFigures is sweep_callback.SweepFigures
