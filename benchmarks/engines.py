@@ -39,13 +39,14 @@ import numpy as np
 # Runnable from a source checkout without installing the package.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from flower_qlearn.strategies import equal_average, importance_average  # noqa: E402
+
 from flower_qlearn import config as fq_config  # noqa: E402
 from flower_qlearn import run_experiment  # noqa: E402
 from flower_qlearn.kernels import run_async_q, warmup  # noqa: E402
 from flower_qlearn.mdp import make_mdp  # noqa: E402
 from flower_qlearn.sampling import behavior_policy, cumulative  # noqa: E402
 from flower_qlearn.solvers import optimal_q  # noqa: E402
-from strategies import equal_average, importance_average  # noqa: E402
 
 REFERENCE = [
     "mdp=two_state",

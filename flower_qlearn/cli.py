@@ -55,12 +55,12 @@ def prevalidate(argv: Sequence[str]) -> None:
 def _hydra_main(cfg: DictConfig) -> float | None:
     from hydra.core.hydra_config import HydraConfig
 
-    from .engine import execute
+    from .api import execute
 
     hc = HydraConfig.get()
     overrides = list(hc.overrides.task)
     output_dir = cfg.output_dir or hc.runtime.output_dir
-    result = execute(cfg, overrides, output_dir)
+    result = execute(cfg, output_dir, overrides)
     final = result.history[-1] if result.history else {}
     key = "gain_error" if final.get("gain_error") is not None else "q_error"
     value = final.get(key)
@@ -69,6 +69,18 @@ def _hydra_main(cfg: DictConfig) -> float | None:
         f"-> {result.output_dir}"
     )
     return value
+
+
+def _check_launcher(argv: Sequence[str]) -> None:
+    """``hydra/launcher=joblib`` needs the ``joblib`` extra: say so in one line."""
+    if "hydra/launcher=joblib" not in argv:
+        return
+    try:
+        import hydra_plugins.hydra_joblib_launcher  # noqa: F401
+    except ImportError:
+        raise fq_config.ConfigError(
+            "hydra/launcher=joblib needs the joblib extra: pip install 'flower-qlearn[joblib]'"
+        ) from None
 
 
 def main() -> None:
@@ -81,6 +93,7 @@ def main() -> None:
         for a in argv
     ):
         try:
+            _check_launcher(argv)
             prevalidate(argv)
         except fq_config.ConfigError as exc:
             print(f"flower-qlearn: {exc}", file=sys.stderr)
@@ -90,6 +103,6 @@ def main() -> None:
 
 def plot_main() -> None:
     """Entry point of ``flower-qlearn-plot``: figures and tables of a run or multirun directory."""
-    from .plots import main as plots_main
+    from .plot_command import main as plots_main
 
     sys.exit(plots_main(sys.argv[1:]))

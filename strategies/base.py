@@ -1,10 +1,13 @@
-"""QTableStrategy: the Flower layer shared by every Q-table averaging strategy.
+"""The Flower layer shared by every strategy: broadcast, validate replies, count, aggregate.
 
-A strategy here is messaging + validation + metrics around one pure NumPy function:
-`configure_train` broadcasts the global Q-table, `aggregate_train` validates the replies
-(`strategies.validation`) and hands the valid ones to `aggregate`, which a subclass
-implements by calling its aggregation function (e.g. `equal_average`). A bad client is
-logged and left out of the average; it never crashes the round.
+:class:`QTableStrategy` is the messaging part every strategy shares (the instruction with the
+global table, waiting for nodes, the rejection log, no federated evaluation).
+:class:`AveragingStrategy` adds the synchronous flow of the averaging strategies:
+`aggregate_train` validates the replies (:mod:`.validation`) and hands the valid ones to
+`aggregate`, which a subclass implements by calling its pure aggregation function (e.g.
+`equal_average`). A bad client is logged and left out of the average; it never crashes the
+round. DASA (:mod:`.dasa`) derives from :class:`QTableStrategy` directly: its iteration needs
+more than one round's replies.
 """
 
 from __future__ import annotations
@@ -28,7 +31,8 @@ from flwr.common import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
-from strategies.validation import ArraySpec, ClientUpdate, payload_bytes, split_replies
+from .protocol import ARRAYS, CONFIG, SERVER_ROUND, TASK, Q
+from .validation import ArraySpec, ClientUpdate, payload_bytes, split_replies
 
 # Per-round bookkeeping metrics; a client metric with one of these names is not averaged.
 ROUND_METRICS = ("accepted", "rejected", "missing", "bytes_up", "bytes_down", "kept_previous")
@@ -52,12 +56,12 @@ def wait_for_nodes(grid: Grid, min_nodes: int, timeout: float) -> list[int]:
 
 
 class QTableStrategy(Strategy):
-    """Broadcast the global Q-table, validate replies, aggregate with a pure function.
+    """Broadcast the global Q-table with the task config; validate and count replies.
 
-    Wire format. Instruction: ``RecordDict({"arrays": ArrayRecord({"q": (S, A) float64}),
-    "config": ConfigRecord({..., "server_round": r})})``, message type ``"train"``,
-    group id ``str(r)``. Reply: ``RecordDict({"arrays": ArrayRecord({"q": ..., ...}),
-    "metrics": MetricRecord({"num_samples": ..., ...})})``.
+    Wire format (:mod:`.protocol`). Instruction: ``RecordDict({"arrays": ArrayRecord({"q":
+    (S, A) float64}), "config": ConfigRecord({..., "server-round": r})})``, message type
+    ``"train"``, group id ``str(r)``. Reply: ``RecordDict({"arrays": ArrayRecord({"q": ...,
+    ...}), "metrics": MetricRecord({"num_samples": ..., ...})})``.
 
     Parameters
     ----------
@@ -78,9 +82,14 @@ class QTableStrategy(Strategy):
 
     Attributes
     ----------
+    task : str
+        The client task this strategy's instructions ask for (the ConfigRecord's ``task``
+        when the caller's config has none).
     rejections : list[tuple[int, int, str]]
         ``(server_round, node_id, reason)`` of every rejected reply so far.
     """
+
+    task: str = "q_learning"
 
     def __init__(
         self,
@@ -140,13 +149,14 @@ class QTableStrategy(Strategy):
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> list[Message]:
-        """Send the global Q-table and config (plus ``server_round``) to every node."""
+        """Send the global Q-table and config (plus ``server-round``) to every node."""
         train_config = ConfigRecord(dict(config))
-        train_config["server_round"] = server_round
+        train_config.setdefault(TASK, self.task)
+        train_config[SERVER_ROUND] = server_round
         node_ids = wait_for_nodes(grid, self.min_available_nodes, self.wait_timeout)
         messages = [
             Message(
-                RecordDict({"arrays": arrays, "config": train_config}),
+                RecordDict({ARRAYS: arrays, CONFIG: train_config}),
                 dst_node_id=node_id,
                 message_type=MessageType.TRAIN,
                 group_id=str(server_round),
@@ -156,6 +166,27 @@ class QTableStrategy(Strategy):
         self._num_sent = len(messages)
         self._bytes_down = len(messages) * sum(len(array.data) for array in arrays.values())
         return messages
+
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> list[Message]:
+        """No federated evaluation: the server evaluates the global Q against ground truth."""
+        return []
+
+    def aggregate_evaluate(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> MetricRecord | None:
+        """No federated evaluation (see `configure_evaluate`)."""
+        return None
+
+
+class AveragingStrategy(QTableStrategy):
+    """A strategy whose new global table is a pure function of one round's valid replies.
+
+    Subclasses implement :meth:`aggregate` (e.g. with `equal_average`); this class validates
+    the replies, counts them, and keeps the previous table when fewer than ``min_replies``
+    are valid.
+    """
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
@@ -198,23 +229,11 @@ class QTableStrategy(Strategy):
         q = np.ascontiguousarray(self.aggregate(updates), dtype=np.float64)
         if q.shape != self.shape:
             raise RuntimeError(f"{type(self).__name__}.aggregate returned shape {q.shape}")
-        return ArrayRecord({"q": Array(q)}), metrics
+        return ArrayRecord({Q: Array(q)}), metrics
 
     @abstractmethod
     def aggregate(self, updates: list[ClientUpdate]) -> np.ndarray:
         """Combine validated updates (at least `min_replies`) into an ``(S, A)`` Q-table."""
-
-    def configure_evaluate(
-        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
-    ) -> list[Message]:
-        """No federated evaluation: the server evaluates the global Q against ground truth."""
-        return []
-
-    def aggregate_evaluate(
-        self, server_round: int, replies: Iterable[Message]
-    ) -> MetricRecord | None:
-        """No federated evaluation (see `configure_evaluate`)."""
-        return None
 
 
 def mean_client_metrics(updates: list[ClientUpdate]) -> dict[str, float]:
@@ -229,3 +248,25 @@ def mean_client_metrics(updates: list[ClientUpdate]) -> dict[str, float]:
             if name not in ROUND_METRICS:
                 values.setdefault(name, []).append(float(value))
     return {name: float(np.mean(vals)) for name, vals in values.items()}
+
+
+# --- builders' shared pieces (composed settings -> constructor arguments) -------------------
+
+
+def value_bound(gamma: float) -> float:
+    """Largest ``|Q|`` a valid reply may carry for rewards in ``[0, 1]``.
+
+    Q-learning iterates from 0 stay in ``[0, 1 / (1 - gamma)]``; a reply far outside is
+    corrupt, not merely noisy (the slack admits transients of large step sizes).
+    """
+    return 2.0 / (1.0 - gamma) + 1.0
+
+
+def common_args(settings, mdp) -> dict:
+    """Keyword arguments every strategy gets from the composed settings."""
+    return {
+        "min_replies": int(settings["min_replies"]),
+        "value_bound": value_bound(mdp.gamma),
+        "min_available_nodes": int(settings["num_clients"]),
+        "wait_timeout": float(settings["round_timeout"]),
+    }

@@ -1,8 +1,9 @@
 """Simulated uplink delays for DASA: how many server iterations an agent's upload takes.
 
-DASA (``strategies.dasa``) is evaluated on a virtual clock: every agent computes its operator at
-every server iteration ``t`` and the reply reaches the server at iteration ``t + d_{i,t}``. The
-delay ``d_{i,t}`` is drawn here, server-side, from one of the models of ALGORITHMS.md section 6.
+DASA (:mod:`flower_qlearn.strategies.dasa`) is evaluated on a virtual clock: every agent
+computes its operator at every server iteration ``t`` and the reply reaches the server at
+iteration ``t + d_{i,t}``. The delay ``d_{i,t}`` is drawn here, server-side, from one of the
+models of docs/ALGORITHMS.md section 6.
 Each draw is a pure function of ``(seed, agent, t)`` (its own ``SeedSequence``), so a run is
 reproducible, independent of the order in which replies arrive, and resumable from a checkpoint
 without any random-generator state.
@@ -28,6 +29,18 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from flower_qlearn.schema import (
+    Rule,
+    in_interval,
+    int_at_least,
+    int_list,
+    is_int,
+    never,
+    one_of,
+    options,
+    positive,
+)
 
 DELAY_MODELS = ("none", "constant", "uniform", "geometric", "pareto", "stragglers")
 
@@ -181,3 +194,61 @@ def straggler_ids(
             f"delay.num_stragglers={num_stragglers} is out of range; expected [0, {num_agents}]"
         )
     return tuple(range(num_agents - num_stragglers, num_agents))
+
+
+# --- config rules of the delay group (conf/delay/*.yaml) --------------------------------------
+
+
+def _delay_is(*names: str):
+    return lambda settings: (settings.get("delay") or {}).get("name") in names
+
+
+def _high_below_low(settings) -> bool:
+    d = settings.get("delay") or {}
+    low, high = d.get("low"), d.get("high")
+    return is_int(low) and is_int(high) and high < low
+
+
+def _stragglers_out_of_range(settings) -> bool:
+    d, n_agents = settings.get("delay") or {}, settings.get("num_clients")
+    if d.get("name") != "stragglers" or not is_int(n_agents):
+        return False
+    if d.get("agents"):
+        return any(is_int(i) and i >= n_agents for i in d["agents"])
+    if d.get("fraction") is not None:  # floor(fraction N) <= N: num_stragglers is not used
+        return False
+    n = d.get("num_stragglers")
+    return is_int(n) and n > n_agents
+
+
+RULES = (
+    Rule("delay.name", one_of(DELAY_MODELS), options(DELAY_MODELS)),
+    Rule("delay.delay", int_at_least(0), "an integer >= 0", when=_delay_is("constant")),
+    Rule("delay.low", int_at_least(0), "an integer >= 0", when=_delay_is("uniform", "stragglers")),
+    Rule("delay.high", int_at_least(0), "an integer >= 0", when=_delay_is("uniform", "stragglers")),
+    Rule(
+        "delay.high",
+        never,
+        "an integer >= delay.low",
+        when=lambda s: _delay_is("uniform", "stragglers")(s) and _high_below_low(s),
+    ),
+    Rule("delay.p", in_interval(0, 1, lo_open=True), "a number in (0, 1]",
+         when=_delay_is("geometric")),
+    Rule("delay.max_delay", int_at_least(0), "an integer >= 0",
+         when=_delay_is("geometric", "pareto")),
+    Rule("delay.shape", positive, "a number > 0", when=_delay_is("pareto")),
+    Rule("delay.scale", positive, "a number > 0", when=_delay_is("pareto")),
+    Rule("delay.num_stragglers", int_at_least(0), "an integer in [0, num_clients]",
+         when=_delay_is("stragglers")),
+    Rule("delay.agents", int_list(0), "null or a list of partition ids in [0, num_clients)",
+         when=_delay_is("stragglers"), optional=True),
+    Rule("delay.others_high", int_at_least(0), "an integer >= 0", when=_delay_is("stragglers")),
+    Rule("delay.fraction", in_interval(0, 1), "null or a number in [0, 1]",
+         when=_delay_is("stragglers"), optional=True),
+    Rule(
+        "delay.num_stragglers",
+        never,
+        "an integer in [0, num_clients] (and delay.agents partition ids < num_clients)",
+        when=_stragglers_out_of_range,
+    ),
+)

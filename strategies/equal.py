@@ -3,15 +3,24 @@
 Woo, Joshi, Chi, "The Blessing of Heterogeneity in Federated Q-Learning: Linear Speedup
 and Beyond", ICML 2023 / JMLR 2025. Each round the server broadcasts the global Q-table,
 every agent runs ``tau`` local Q-learning steps from it, and the server sets the new global
-table to the plain mean of the local tables (``ALGORITHMS.md`` section 3).
+table to the plain mean of the local tables (``docs/ALGORITHMS.md`` section 3).
+
+This module also holds the ``q_learning`` client task that equal and importance averaging
+share: ``client.local_steps`` synchronous (generative) or asynchronous (Markovian) steps.
 """
 
 from __future__ import annotations
 
-import numpy as np
+from collections.abc import Mapping
+from typing import Any
 
-from strategies.base import QTableStrategy
-from strategies.validation import ClientUpdate
+import numpy as np
+from flwr.app import ConfigRecord
+
+from .base import AveragingStrategy, common_args
+from .protocol import COUNTS, NUM_SAMPLES, Q, task_keys
+from .registry import ClientTask, Plan, StrategySpec, TaskJob, TaskResult, register
+from .validation import ClientUpdate
 
 
 def equal_average(tables: np.ndarray) -> np.ndarray:
@@ -36,7 +45,7 @@ def equal_average(tables: np.ndarray) -> np.ndarray:
     return tables.mean(axis=0)
 
 
-class EqualAveraging(QTableStrategy):
+class EqualAveraging(AveragingStrategy):
     """Flower strategy for FedSynQ / FedAsynQ-EqAvg: the new global Q is the mean of replies.
 
     Parameters are those of `QTableStrategy`.
@@ -44,4 +53,49 @@ class EqualAveraging(QTableStrategy):
 
     def aggregate(self, updates: list[ClientUpdate]) -> np.ndarray:
         """Equal average of the validated local Q-tables."""
-        return equal_average(np.stack([update.arrays["q"] for update in updates]))
+        return equal_average(np.stack([update.arrays[Q] for update in updates]))
+
+
+# --- the client task ------------------------------------------------------------------------
+
+
+def q_learning(job: TaskJob) -> TaskResult:
+    """Local Q-learning from the global table (FedSynQ / FedAsynQ): ``local_steps`` steps.
+
+    Replies with the local table ``q`` and the round's visit ``counts`` (every entry
+    ``local_steps`` times under generative sampling).
+    """
+    from flower_qlearn.agent import initial_state
+    from flower_qlearn.kernels import run_async_q, run_sync_q
+
+    c, env, q = job.settings["client"], job.env, job.q
+    steps, lr, gamma = int(c["local_steps"]), float(c["learning_rate"]), env.mdp.gamma
+    if c["sampling"] == "generative":
+        run_sync_q(q, env.mdp.R, gamma, lr, env.p_cdf, steps, job.rng)
+        counts = np.full(q.shape, steps, dtype=np.int64)
+    else:
+        counts = np.zeros(q.shape, dtype=np.int64)
+        state = job.state.get("state")
+        if state is None:
+            state = initial_state(env, job.settings["seed"], job.agent)
+        job.state["state"] = run_async_q(
+            q, counts, env.mdp.R, gamma, lr, env.p_cdf, env.pi_cdf, int(state), steps, job.rng
+        )
+    return {Q: q, COUNTS: counts}, {NUM_SAMPLES: steps}
+
+
+Q_LEARNING = ClientTask(EqualAveraging.task, q_learning)
+
+
+def q_learning_config(settings: Mapping[str, Any]) -> ConfigRecord:
+    """The instruction's config of the ``q_learning`` task: the client's whole task."""
+    return ConfigRecord(task_keys(settings, Q_LEARNING.name))
+
+
+def build(settings: Mapping[str, Any], mdp) -> Plan:
+    """``strategy=equal`` from the composed settings."""
+    strategy = EqualAveraging(mdp.num_states, mdp.num_actions, **common_args(settings, mdp))
+    return Plan(strategy, q_learning_config(settings), int(settings["num_rounds"]))
+
+
+SPEC = register(StrategySpec("equal", build, Q_LEARNING))

@@ -1,7 +1,7 @@
 """Importance averaging of Q-tables: FedAsynQ-ImAvg.
 
 Woo, Joshi, Chi, "The Blessing of Heterogeneity in Federated Q-Learning: Linear Speedup
-and Beyond", ICML 2023 / JMLR 2025 (``ALGORITHMS.md`` section 4). With asynchronous
+and Beyond", ICML 2023 / JMLR 2025 (``docs/ALGORITHMS.md`` section 4). With asynchronous
 (Markovian) sampling, agent ``k`` updated entry ``(s, a)`` only ``N_k(s, a)`` times in the
 round, so its local value still holds the old global value with weight ``(1 - eta)^N``.
 Weighting each agent per entry by ``(1 - eta)^(-N_k(s, a))`` lets agents that actually
@@ -11,11 +11,16 @@ visited an entry dominate it, as if all trajectories had been processed centrall
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
-from strategies.base import QTableStrategy
-from strategies.validation import ArraySpec, ClientUpdate
+from .base import AveragingStrategy, common_args
+from .equal import Q_LEARNING, q_learning_config
+from .protocol import COUNTS, Q
+from .registry import Plan, StrategySpec, register
+from .validation import ArraySpec, ClientUpdate
 
 
 def importance_weights(counts: np.ndarray, learning_rate: float) -> np.ndarray:
@@ -87,7 +92,7 @@ def importance_average(tables: np.ndarray, counts: np.ndarray, learning_rate: fl
     return np.sum(weights * tables, axis=0)
 
 
-class ImportanceAveraging(QTableStrategy):
+class ImportanceAveraging(AveragingStrategy):
     """Flower strategy for FedAsynQ-ImAvg: per-entry importance-weighted average of replies.
 
     Replies must carry the round's visit counts as an integer ``"counts"`` array next to
@@ -121,7 +126,7 @@ class ImportanceAveraging(QTableStrategy):
     @property
     def reply_specs(self) -> list[ArraySpec]:
         """``"q"`` plus the round's visit counts ``"counts"`` (integer, >= 0)."""
-        return [*super().reply_specs, ArraySpec("counts", self.shape, "count")]
+        return [*super().reply_specs, ArraySpec(COUNTS, self.shape, "count")]
 
     def parameters(self) -> dict[str, object]:
         """Constructor parameters, for `summary`."""
@@ -129,6 +134,20 @@ class ImportanceAveraging(QTableStrategy):
 
     def aggregate(self, updates: list[ClientUpdate]) -> np.ndarray:
         """Importance average of the validated local Q-tables."""
-        tables = np.stack([update.arrays["q"] for update in updates])
-        counts = np.stack([update.arrays["counts"] for update in updates])
+        tables = np.stack([update.arrays[Q] for update in updates])
+        counts = np.stack([update.arrays[COUNTS] for update in updates])
         return importance_average(tables, counts, self.learning_rate)
+
+
+def build(settings: Mapping[str, Any], mdp) -> Plan:
+    """``strategy=importance`` from the composed settings (the clients' ``q_learning`` task)."""
+    strategy = ImportanceAveraging(
+        mdp.num_states,
+        mdp.num_actions,
+        learning_rate=float(settings["client"]["learning_rate"]),
+        **common_args(settings, mdp),
+    )
+    return Plan(strategy, q_learning_config(settings), int(settings["num_rounds"]))
+
+
+SPEC = register(StrategySpec("importance", build, Q_LEARNING))

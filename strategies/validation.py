@@ -14,8 +14,10 @@ from dataclasses import dataclass
 import numpy as np
 from flwr.app import ArrayRecord, Message, MetricRecord
 
-ARRAYS_KEY = "arrays"
-METRICS_KEY = "metrics"
+from .protocol import ARRAYS as ARRAYS_KEY
+from .protocol import METRICS as METRICS_KEY
+from .protocol import PARTITION_ID
+
 ARRAY_KINDS = ("float", "count")
 
 
@@ -200,7 +202,8 @@ def split_replies(
             rejected.append((node_id, "duplicate reply from this node"))
             continue
         by_node[node_id] = update
+
     def order(node_id: int) -> tuple[float, int]:
-        return (float(by_node[node_id].metrics.get("partition_id", node_id)), node_id)
+        return (float(by_node[node_id].metrics.get(PARTITION_ID, node_id)), node_id)
 
     return [by_node[node_id] for node_id in sorted(by_node, key=order)], rejected

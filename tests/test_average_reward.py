@@ -14,24 +14,16 @@ import sys
 
 import numpy as np
 import pytest
-from flower_helpers import CallbackGrid, reply, task_identity
+from flower_helpers import CallbackGrid, reply
+from flower_qlearn.strategies import AverageRewardQ, EpochSchedule, equal_average
+from flower_qlearn.strategies.average_reward import build as build_average_reward
 from flwr.app import Array, ArrayRecord, ConfigRecord
 
 from flower_qlearn import run_experiment
 from flower_qlearn.config import ConfigError, compose
 from flower_qlearn.mdp import TabularMDP, make_mdp
 from flower_qlearn.sampling import GenerativeModel
-from flower_qlearn.server_app import build_average_reward
 from flower_qlearn.solvers import NonConstantGainError, optimal_gain
-from strategies import AverageRewardQ, EpochSchedule, equal_average
-
-
-@pytest.fixture
-def _task_identity():
-    """Flower's Message constructor needs the ServerApp's task identity."""
-    with task_identity():
-        yield
-
 
 # ---------------------------------------------------------------------------
 # The schedule, by hand
@@ -141,7 +133,7 @@ def test_schedule_rejects_bad_arguments():
 # ---------------------------------------------------------------------------
 
 
-def test_strategy_sends_schedule_and_averages_by_hand(_task_identity):
+def test_strategy_sends_schedule_and_averages_by_hand(flower_identity):
     schedule = EpochSchedule("geometric", num_epochs=2, num_clients=3, c_eta=1.0)
     strategy = AverageRewardQ(2, 2, schedule)
     local = {
@@ -164,12 +156,12 @@ def test_strategy_sends_schedule_and_averages_by_hand(_task_identity):
     assert list(sent["arrays"].keys()) == ["q"]
     np.testing.assert_array_equal(sent["arrays"]["q"].numpy(), qbar)
     conf = sent["config"]
-    assert conf["task"] == "average_reward" and conf["server_round"] == 2
+    assert conf["task"] == "average_reward" and conf["server-round"] == 2
     # Round 2 = epoch 1 (K = 3: T_1 = 3, tau_1 = 1), its single step t = 2 after 1 step done:
     # eta = 1 / (1 + (1/2) 2/3) = 3/4.
-    assert (conf["gamma"], conf["epoch"], conf["step_offset"]) == (0.5, 1, 1)
-    assert conf["local_steps"] == 1
-    assert conf["step_sizes"] == pytest.approx([3 / 4], rel=1e-15)
+    assert (conf["period.gamma"], conf["period.epoch"], conf["period.step_offset"]) == (0.5, 1, 1)
+    assert len(conf["period.step_sizes"]) == 1  # one local step in this period
+    assert conf["period.step_sizes"] == pytest.approx([3 / 4], rel=1e-15)
 
     new, metrics = strategy.aggregate_train(2, grid.send_and_receive(messages))
     expected = np.array([[0.4, 0.3], [0.4, 0.5]])  # mean of nodes 1..3, by hand

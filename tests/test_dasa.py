@@ -1,5 +1,5 @@
-"""DASA (ALGORITHMS.md section 6): the pure rule, the bounded server memory, the delay models, the
-Flower strategy, the q_operator client task, and both execution modes end to end.
+"""DASA (docs/ALGORITHMS.md section 6): the pure rule, the bounded server memory, the delay models,
+the Flower strategy, the q_operator client task, and both execution modes end to end.
 
 Numeric checks compare against hand-computed iterations or against an independent bare-NumPy
 re-implementation of the whole simulated protocol (Markov chains, operators, delays, the rule).
@@ -12,17 +12,8 @@ import time
 
 import numpy as np
 import pytest
-from flower_helpers import CallbackGrid, reply, task_identity
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message
-
-from flower_qlearn import config as fq_config
-from flower_qlearn import run_experiment
-from flower_qlearn.client_app import app as client_app
-from flower_qlearn.engine import InProcessGrid, run_config_for
-from flower_qlearn.mdp import make_mdp
-from flower_qlearn.sampling import MarkovChain
-from flower_qlearn.server_app import run_server
-from strategies import (
+from flower_helpers import CallbackGrid, reply
+from flower_qlearn.strategies import (
     DASA,
     DelayBuffer,
     DelayModel,
@@ -33,6 +24,16 @@ from strategies import (
     nondelayed_step,
     select_agents,
 )
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message
+
+from flower_qlearn import config as fq_config
+from flower_qlearn import run_experiment
+from flower_qlearn.api import run_config_for
+from flower_qlearn.client_app import app as client_app
+from flower_qlearn.experiment import run_server
+from flower_qlearn.inprocess import InProcessGrid
+from flower_qlearn.mdp import make_mdp
+from flower_qlearn.sampling import MarkovChain
 
 # ---------------------------------------------------------------------------------------------
 # The pure rule, hand-computed
@@ -260,12 +261,6 @@ def test_stragglers_model_defaults_to_the_highest_ids():
 S, A = 2, 2
 
 
-@pytest.fixture()
-def _identity():
-    with task_identity():
-        yield
-
-
 def operator_reply(message: Message, agent: int, g: np.ndarray | None = None) -> Message:
     t = int(message.content["config"]["iteration"])
     g = np.full((S, A), float(agent + 1)) if g is None else g
@@ -286,7 +281,7 @@ def drive(strategy: DASA, rounds: int, respond) -> list[tuple[np.ndarray, dict]]
     return out
 
 
-@pytest.mark.usefixtures("_identity")
+@pytest.mark.usefixtures("flower_identity")
 def test_strategy_holds_replies_until_their_arrival_iteration():
     # Constant delay 2: iterations 0 and 1 see nothing; at t = 2 the operators computed at
     # theta_0 = 0 arrive (delay error ||theta_2 - theta_0|| = 0, theta has not moved).
@@ -311,7 +306,7 @@ def test_strategy_holds_replies_until_their_arrival_iteration():
     assert m1["num_samples"] == 10 and m1["accepted"] == 4
 
 
-@pytest.mark.usefixtures("_identity")
+@pytest.mark.usefixtures("flower_identity")
 def test_strategy_rejects_bad_replies_and_survives_a_missing_client():
     def respond(m):
         node = m.metadata.dst_node_id
@@ -480,9 +475,9 @@ def test_dasa_beats_delayed_with_stragglers(tmp_path):
 def test_simulated_run_finishes_with_a_client_that_never_answers(tmp_path):
     overrides = SMALL + ["num_rounds=10", "strategy.rule=dasa"]
     cfg = fq_config.compose(overrides)
-    grid = InProcessGrid(client_app, cfg.num_clients, run_config_for(overrides, tmp_path))
+    grid = InProcessGrid(client_app, cfg.num_clients, run_config_for(cfg, tmp_path))
     grid.disconnected.add(grid.get_node_ids()[3])
-    history = run_server(grid, cfg, tmp_path)
+    history = run_server(grid, fq_config.settings(cfg), tmp_path)
     assert len(history) == 10 and all(r["missing"] == 1 for r in history)
     assert all(r["skipped"] == 0 for r in history)  # 3 of 4 agents still fill R_t (2)
 
@@ -519,10 +514,10 @@ def test_async_in_process_never_waits_for_a_slow_agent(rule, tmp_path):
 def test_async_run_finishes_with_a_client_that_never_answers(tmp_path):
     overrides = ASYNC + ["num_rounds=15", "strategy.rule=delayed"]
     cfg = fq_config.compose(overrides)
-    grid = InProcessGrid(client_app, cfg.num_clients, run_config_for(overrides, tmp_path))
+    grid = InProcessGrid(client_app, cfg.num_clients, run_config_for(cfg, tmp_path))
     grid.disconnected.add(grid.get_node_ids()[0])
     start = time.perf_counter()
-    history = run_server(grid, cfg, tmp_path)
+    history = run_server(grid, fq_config.settings(cfg), tmp_path)
     assert len(history) == 15 and time.perf_counter() - start < 10
     assert all(r["computing"] == 1 and r["accepted"] == 3 for r in history)
 

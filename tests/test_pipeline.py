@@ -1,25 +1,33 @@
 """The Flower pipeline end to end: real ServerApp, ClientApp, strategies and Messages.
 
 Every numeric check compares the federated run with an independent bare-NumPy re-implementation
-of the algorithm (ALGORITHMS.md sections 3-4) that calls the core kernels directly, without Flower.
+of the algorithm (docs/ALGORITHMS.md sections 3-4) that calls the core kernels directly, without
+Flower.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
+from flower_qlearn.strategies import importance_average
 from flwr.app import Array, ArrayRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 
 from flower_qlearn import config as fq_config
 from flower_qlearn import run_experiment
-from flower_qlearn.client_app import agent_env, handle_train
-from flower_qlearn.engine import InProcessGrid, run_config_for
+from flower_qlearn.agent import agent_env as _agent_env
+from flower_qlearn.api import run_config_for
+from flower_qlearn.client_app import handle_train
+from flower_qlearn.experiment import run_server
+from flower_qlearn.inprocess import InProcessGrid
 from flower_qlearn.kernels import run_async_q, run_sync_q
 from flower_qlearn.mdp import two_state
-from flower_qlearn.server_app import run_server
 from flower_qlearn.solvers import optimal_q
-from strategies import importance_average
+
+
+def agent_env(cfg, agent, **node):
+    """Agent ``agent``'s environment for the composed ``cfg`` (node-config values in ``node``)."""
+    return _agent_env(fq_config.settings(cfg), agent, **node)
 
 
 def bare_federated_q(cfg, num_rounds: int, strategy: str) -> np.ndarray:
@@ -146,9 +154,9 @@ def corrupting_client(corrupt: dict[int, str]) -> ClientApp:
 
 def run_with_client(client_app, overrides, tmp_path, disconnected=()):
     cfg = fq_config.compose(overrides)
-    grid = InProcessGrid(client_app, cfg.num_clients, run_config_for(overrides, tmp_path))
+    grid = InProcessGrid(client_app, cfg.num_clients, run_config_for(cfg, tmp_path))
     grid.disconnected.update(grid.get_node_ids()[i] for i in disconnected)
-    history = run_server(grid, cfg, tmp_path)
+    history = run_server(grid, fq_config.settings(cfg), tmp_path)
     return cfg, history, np.load(tmp_path / "q_table.npy")
 
 
@@ -197,10 +205,12 @@ def test_node_config_gives_a_supernode_its_own_environment(tmp_path):
     overrides = ["num_clients=2", "num_rounds=3", "log_every=0", "figures=false"]
     cfg = fq_config.compose(overrides)
     node_configs = [{"heterogeneity": 0.4, "perturb-seed": 7}, {}]
-    grid = InProcessGrid(client_app, 2, run_config_for(overrides, tmp_path),
+    grid = InProcessGrid(client_app, 2, run_config_for(cfg, tmp_path),
                          node_configs=node_configs)
-    run_server(grid, cfg, tmp_path)
-    env0 = agent_env(cfg, 0, grid.contexts[grid.get_node_ids()[0]].node_config)
+    run_server(grid, fq_config.settings(cfg), tmp_path)
+    node0 = grid.contexts[grid.get_node_ids()[0]].node_config
+    env0 = agent_env(cfg, 0, heterogeneity=node0["heterogeneity"],
+                     perturb_seed=node0["perturb-seed"])
     expected = perturb(agent_env(cfg, 0).mdp, 0.4, seed=7)
     np.testing.assert_array_equal(env0.mdp.P, expected.P)
     np.testing.assert_array_equal(env0.mdp.R, expected.R)
@@ -208,4 +218,4 @@ def test_node_config_gives_a_supernode_its_own_environment(tmp_path):
     same = run_experiment(overrides + [f"output_dir={tmp_path / 'same'}"])
     assert not np.array_equal(np.load(tmp_path / "q_table.npy"), same.q_table)
     with pytest.raises(ValueError, match="heterogeneity=1.5 is outside"):
-        agent_env(cfg, 0, {"heterogeneity": 1.5})
+        agent_env(cfg, 0, heterogeneity=1.5)

@@ -15,9 +15,7 @@ from flower_helpers import (
     reply,
     task_identity,
 )
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
-
-from strategies import (
+from flower_qlearn.strategies import (
     ArraySpec,
     EqualAveraging,
     ImportanceAveraging,
@@ -29,16 +27,13 @@ from strategies import (
     parse_reply,
     split_replies,
 )
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 
 S, A = 3, 2
 LR = 0.3
 
 
-@pytest.fixture(autouse=True)
-def _task_identity():
-    """Flower's Message constructor needs the ServerApp's task identity."""
-    with task_identity():
-        yield
+pytestmark = pytest.mark.usefixtures("flower_identity")
 
 
 # ---------------------------------------------------------------------------
@@ -213,10 +208,10 @@ def test_configure_train_one_message_per_node():
         assert message.metadata.message_type == "train"
         assert message.metadata.group_id == "2"
         sent_config = message.content["config"]
-        assert sent_config["server_round"] == 2
+        assert sent_config["server-round"] == 2
         assert sent_config["local_steps"] == 10
         np.testing.assert_array_equal(message.content["arrays"]["q"].numpy(), arrays["q"].numpy())
-    assert "server_round" not in config  # the caller's config is not mutated
+    assert "server-round" not in config  # the caller's config is not mutated
 
 
 @pytest.mark.parametrize("strategy_cls", [EqualAveraging, ImportanceAveraging])
@@ -430,7 +425,7 @@ def test_flower_strategy_start_keeps_previous_q_on_a_failed_round():
     node_ids = [1, 2, 3]
 
     def respond(message: Message) -> Message:
-        server_round = message.content["config"]["server_round"]
+        server_round = message.content["config"]["server-round"]
         if server_round == 2:  # every client fails in round 2
             return error_reply(message, reason="crashed")
         q = message.content["arrays"]["q"].numpy() + message.metadata.dst_node_id
@@ -442,7 +437,7 @@ def test_flower_strategy_start_keeps_previous_q_on_a_failed_round():
 
     # Round 1: 0 + mean(1, 2, 3) = 2; round 2 keeps 2; round 3: 2 + 2 = 4.
     np.testing.assert_allclose(result.arrays["q"].numpy(), np.full((S, A), 4.0))
-    round3 = [m for m in grid.sent if m.content["config"]["server_round"] == 3]
+    round3 = [m for m in grid.sent if m.content["config"]["server-round"] == 3]
     np.testing.assert_allclose(round3[0].content["arrays"]["q"].numpy(), np.full((S, A), 2.0))
     assert result.train_metrics_clientapp[1]["kept_previous"] == 0
     assert result.train_metrics_clientapp[2]["kept_previous"] == 1

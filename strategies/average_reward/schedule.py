@@ -1,20 +1,8 @@
-"""Federated Q-learning for average-reward MDPs: the server's epoch schedule and its strategy.
+"""The average-reward epoch schedule: pure arithmetic, no Flower (docs/ALGORITHMS.md 5).
 
-Jiao, Woo, Li, Joshi, Chi, "Federated Q-learning for average-reward MDPs" (arXiv 2601.13642),
-as reconstructed in ``ALGORITHMS.md`` section 5. Values are normalized by ``(1 - gamma)`` so that
-``(1 - gamma_e) V*_{gamma_e} -> rho*`` as the epoch discount ``gamma_e -> 1``. Epoch ``e`` runs
-``T_e`` synchronous local steps per agent with the target ``(1 - gamma_e) r + gamma_e Vbar(s')``,
-where ``Vbar = max_a Qbar`` is the global value of the last communication; at every step of the
-communication set ``C_e`` the server averages the local tables with equal weights.
-
-Two pieces, kept apart on purpose:
-
-- :class:`EpochSchedule` is pure arithmetic (no Flower): per epoch ``gamma_e``, ``T_e``, ``C_e``
-  and the step sizes ``eta_{e,t}``, flattened into communication rounds. Server and tests share
-  it; clients never re-derive it, they receive their round's step sizes explicitly.
-- :class:`AverageRewardQ` is the Flower strategy: one Flower round = one communication period.
-  It sends the global table with ``gamma_e`` and the period's step sizes, and aggregates with
-  :func:`strategies.equal.equal_average`.
+Per epoch ``e``: the discount ``gamma_e``, the length ``T_e``, the communication set ``C_e`` and the
+step sizes ``eta_{e,t}``, flattened into communication rounds (one Flower round each). The server
+and the tests share it; clients never re-derive it, they receive their round's step sizes.
 """
 
 from __future__ import annotations
@@ -25,22 +13,13 @@ from dataclasses import dataclass
 from fractions import Fraction
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
-from flwr.serverapp import Grid
 
-from strategies.base import QTableStrategy
-from strategies.equal import equal_average
-from strategies.validation import ClientUpdate
-
-#: Schedule groups of ALGORITHMS.md section 5 (8a/12a and 8b/12b).
+#: Schedule groups of docs/ALGORITHMS.md section 5 (8a/12a and 8b/12b).
 SCHEDULES = ("geometric", "polynomial")
 
 #: A schedule with more communication rounds than this is refused (it would never finish, and
 #: the round table would not fit in memory).
 MAX_ROUNDS = 1_000_000
-
-#: Local task name the clients dispatch on (``flower_qlearn.client_app.TASKS``).
-TASK = "average_reward"
 
 
 @dataclass(frozen=True)
@@ -263,111 +242,3 @@ class EpochSchedule:
         return f"EpochSchedule({args})"
 
 
-class AverageRewardQ(QTableStrategy):
-    """Flower strategy for federated average-reward Q-learning (ALGORITHMS.md section 5).
-
-    Each Flower round is one communication period of the :class:`EpochSchedule`. The
-    instruction carries the global normalized table ``Qbar`` (ArrayRecord ``"q"``) and a
-    ConfigRecord with ``task="average_reward"``, ``gamma`` (``gamma_e``), ``epoch``,
-    ``step_offset``, ``local_steps`` and ``step_sizes`` (the period's ``eta_{e,t}`` as a list,
-    so clients never re-derive the schedule). Each client warm-starts from ``Qbar``, freezes
-    ``Vbar = max_a Qbar`` and runs ``local_steps`` synchronous steps; the server sets the new
-    ``Qbar`` to the equal average of the replies.
-
-    Round metrics added to the base ones: ``gamma``, ``epoch``, ``epoch_end`` (1 on the
-    epoch's last communication) and ``num_samples`` (local steps per agent this round).
-
-    Parameters
-    ----------
-    num_states, num_actions : int
-        Q-table shape.
-    schedule : EpochSchedule
-        The epoch schedule; its ``num_rounds`` is the number of Flower rounds to run.
-    min_replies : int, default 1
-        See `QTableStrategy`.
-    value_bound : float, default ``1 + 1e-6``
-        Normalized iterates are convex combinations of values in ``[0, 1]`` (rewards in
-        ``[0, 1]``, step sizes in ``(0, 1]``), so a reply outside is corrupt.
-    """
-
-    def __init__(
-        self,
-        num_states: int,
-        num_actions: int,
-        schedule: EpochSchedule,
-        *,
-        value_bound: float | None = 1.0 + 1e-6,
-        **kwargs,
-    ) -> None:
-        """``kwargs``: `QTableStrategy`'s other keyword arguments (min_replies, ...)."""
-        super().__init__(num_states, num_actions, value_bound=value_bound, **kwargs)
-        if not isinstance(schedule, EpochSchedule):
-            raise TypeError(f"schedule must be an EpochSchedule, got {type(schedule).__name__}")
-        self.schedule = schedule
-
-    def parameters(self) -> dict[str, object]:
-        """Constructor parameters and the schedule's, for `summary`."""
-        return {
-            **super().parameters(),
-            **self.schedule.parameters(),
-            "num_rounds": self.schedule.num_rounds,
-        }
-
-    def configure_train(
-        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
-    ) -> list[Message]:
-        """Send ``Qbar`` and this period's ``gamma_e`` and step sizes to every node."""
-        period = self.schedule.period(server_round)
-        train_config = ConfigRecord(dict(config))
-        train_config["task"] = TASK
-        train_config["gamma"] = period.gamma
-        train_config["epoch"] = period.epoch
-        train_config["step_offset"] = period.step_offset
-        train_config["local_steps"] = period.num_steps
-        train_config["step_sizes"] = [float(eta) for eta in period.step_sizes]
-        # Only the table goes down: anything else a caller put in `arrays` is not for clients.
-        return super().configure_train(
-            server_round, ArrayRecord({"q": arrays["q"]}), train_config, grid
-        )
-
-    def aggregate_train(
-        self, server_round: int, replies: Iterable[Message]
-    ) -> tuple[ArrayRecord | None, MetricRecord]:
-        """Equal-average the valid replies; add the schedule's metrics of this round."""
-        arrays, metrics = super().aggregate_train(server_round, replies)
-        period = self.schedule.period(server_round)
-        metrics["gamma"] = period.gamma
-        metrics["epoch"] = period.epoch
-        metrics["epoch_end"] = int(period.epoch_end)
-        # Per-agent samples come from the schedule, not from what clients claim; a round in
-        # which no reply was usable adds none.
-        metrics["num_samples"] = period.num_steps if int(metrics["accepted"]) > 0 else 0
-        return arrays, metrics
-
-    def aggregate(self, updates: list[ClientUpdate]) -> np.ndarray:
-        """``Qbar = (1/K) sum_k Q_k`` over the valid replies (:func:`equal_average`)."""
-        return equal_average(np.stack([update.arrays["q"] for update in updates]))
-
-    # --- checkpointing ----------------------------------------------------------------------
-    def state_dict(self) -> dict[str, object]:
-        """JSON-able state for a checkpoint: the schedule parameters and the rejection log.
-
-        The global table is the server loop's to save; the schedule is a pure function of
-        its parameters, so a resumed run continues at round ``r + 1`` with the same periods.
-        """
-        return {
-            "schedule": self.schedule.parameters(),
-            "rejections": [[int(r), int(node), str(reason)] for r, node, reason in self.rejections],
-        }
-
-    def load_state_dict(self, state: dict[str, object]) -> None:
-        """Restore :meth:`state_dict` output; refuse a checkpoint of a different schedule."""
-        saved = dict(state["schedule"])  # type: ignore[arg-type]
-        if saved != self.schedule.parameters():
-            raise ValueError(
-                f"checkpoint schedule {saved} differs from this run's {self.schedule.parameters()}"
-            )
-        self.rejections = [
-            (int(r), int(node), str(reason))
-            for r, node, reason in state.get("rejections", [])  # type: ignore[union-attr]
-        ]
