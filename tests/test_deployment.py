@@ -1,6 +1,6 @@
 """Deployment on Flower infrastructure: the FAB, `flwr run`, and a secured local federation.
 
-The slow tests start real Flower processes on 127.0.0.1 (``scripts/local_federation.py``): a
+The slow tests start real Flower processes on 127.0.0.1 (:mod:`flower_qlearn.federation`): a
 SuperLink with TLS (certificates generated per test) and SuperNode authentication, SuperNodes that
 each run one agent (``partition-id``), and ``flwr run`` submitting this project as a FAB. Every
 deployment number is checked against the in-process engine for the same config and seed: the
@@ -10,7 +10,6 @@ A deployment round costs ~3 s of polling plus one ClientApp process per node, so
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
 import sys
@@ -23,30 +22,14 @@ import numpy as np
 import pytest
 
 from flower_qlearn import config as fq_config
+from flower_qlearn import federation as lf
 from flower_qlearn import run_experiment
-from flower_qlearn.engine import (
-    FIRST_NODE_ID,
-    InProcessGrid,
-    RunResult,
-    run_config_for,
-    run_server_app,
-    write_connection,
-)
+from flower_qlearn.api import run_config_for
+from flower_qlearn.deployment import write_connection
+from flower_qlearn.inprocess import FIRST_NODE_ID, InProcessGrid, run_server_app
+from flower_qlearn.outputs import RunResult
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def _load_launcher():
-    spec = importlib.util.spec_from_file_location(
-        "local_federation", ROOT / "scripts" / "local_federation.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["local_federation"] = module  # dataclasses look their module up here
-    spec.loader.exec_module(module)
-    return module
-
-
-lf = _load_launcher()
 
 # A short importance-averaging experiment over 3 agents (= 3 SuperNodes).
 EXPERIMENT = ["strategy=importance", "num_clients=3", "figures=false", "log_every=1"]
@@ -90,13 +73,16 @@ def test_apps_compose_conf_from_an_unpacked_fab_without_the_installed_package(tm
         "sys.meta_path = [f for f in sys.meta_path if 'editable' not in repr(f).lower()]\n"
         f"sys.path.insert(0, {str(tmp_path / 'app')!r})\n"
         "from flower_qlearn import config\n"
+        "import flower_qlearn.client_app, flower_qlearn.strategies as s\n"
         "cfg = config.compose(['strategy=importance', 'mdp=garnet'])\n"
-        "print(config.config_dir(), cfg.strategy.name, cfg.mdp.name)\n"
+        "print(config.config_dir(), cfg.strategy.name, cfg.mdp.name, s.__file__)\n"
     )
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=tmp_path
     ).stdout.split()
-    assert out == [str(tmp_path / "app" / "conf"), "importance", "garnet"]
+    # the FAB's strategies/ (beside the package) is flower_qlearn.strategies, as in the wheel
+    assert out == [str(tmp_path / "app" / "conf"), "importance", "garnet",
+                   str(tmp_path / "app" / "strategies" / "__init__.py")]
 
 
 def test_pyproject_declares_the_flower_app_and_its_run_config():
@@ -105,7 +91,9 @@ def test_pyproject_declares_the_flower_app_and_its_run_config():
         "serverapp": "flower_qlearn.server_app:app",
         "clientapp": "flower_qlearn.client_app:app",
     }
-    assert set(app["config"]) == {fq_config.OVERRIDES_KEY, fq_config.OUTPUT_DIR_KEY}
+    from flwr.common.config import flatten_dict
+
+    assert flatten_dict(app["config"]) == fq_config.packaged_run_config()
     # `flwr run` migrates a legacy federations table and rewrites pyproject.toml in place.
     assert "federations" not in tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["flwr"]
 
@@ -235,7 +223,7 @@ def _inprocess_losing_node(overrides: list[str], output_dir: Path, lost: int, af
     from flower_qlearn.server_app import app as server_app
 
     cfg = fq_config.compose(overrides)
-    run_config = run_config_for(overrides, output_dir)
+    run_config = run_config_for(cfg, output_dir)
     grid = LoseNodeGrid(
         client_app, cfg.num_clients, run_config, lost=lost, rounds_before_loss=after
     )
