@@ -11,13 +11,15 @@ CLI calls too. Every engine gets the same Flower run config (the composed config
 
 from __future__ import annotations
 
+import logging
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
 from . import config as fq_config
-from .outputs import RunResult, default_output_dir
+from .outputs import LOG_FILE, RunResult, default_output_dir
 
 __all__ = ["RunResult", "execute", "run_config_for", "run_experiment"]
 
@@ -31,11 +33,55 @@ def run_config_for(cfg: DictConfig, output_dir: Path) -> dict:
     return run_config
 
 
+def _under_hydra() -> bool:
+    if "hydra" not in sys.modules:
+        return False
+    from hydra.core.hydra_config import HydraConfig
+
+    return HydraConfig.initialized()
+
+
+def record_run(cfg: DictConfig, output_dir: Path, overrides: Sequence[str]) -> logging.Handler:
+    """Make ``output_dir`` hold everything of a run started from Python, as a CLI run's does:
+    the composed config and the overrides (``.hydra/config.yaml``, ``.hydra/overrides.yaml``)
+    and the log (``flower-qlearn.log``, through the returned handler: remove it when done)."""
+    hydra_dir = output_dir / ".hydra"
+    hydra_dir.mkdir(parents=True, exist_ok=True)
+    (hydra_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
+    (hydra_dir / "overrides.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(list(overrides))))
+    handler = logging.FileHandler(output_dir / LOG_FILE)
+    handler.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
+    handler.setLevel(logging.INFO)
+    return handler
+
+
 def execute(cfg: DictConfig, output_dir: Path, overrides: Sequence[str] = ()) -> RunResult:
-    """Run the composed experiment ``cfg`` on its engine and return its results."""
+    """Run the composed experiment ``cfg`` on its engine and return its results.
+
+    Outside a Hydra app (``run_experiment``) the output directory also gets the composed config,
+    the overrides and the log (:func:`record_run`); the CLI's Hydra run dir has them already.
+    """
     fq_config.validate(cfg)
     output_dir = Path(output_dir).resolve()
     output_dir.mkdir(parents=True, exist_ok=True)
+    if _under_hydra():
+        _launch(cfg, output_dir)
+        return RunResult.load(output_dir)
+    ours = logging.getLogger("flower_qlearn")
+    handler, level = record_run(cfg, output_dir, overrides), ours.level
+    ours.addHandler(handler)
+    if ours.getEffectiveLevel() > logging.INFO:
+        ours.setLevel(logging.INFO)
+    try:
+        _launch(cfg, output_dir)
+    finally:
+        ours.removeHandler(handler)
+        ours.setLevel(level)
+        handler.close()
+    return RunResult.load(output_dir)
+
+
+def _launch(cfg: DictConfig, output_dir: Path) -> None:
     run_config = run_config_for(cfg, output_dir)
     engine = cfg.engine.name
     if engine == "inprocess":
@@ -60,7 +106,6 @@ def execute(cfg: DictConfig, output_dir: Path, overrides: Sequence[str] = ()) ->
         run_deployment(cfg, run_config)
     else:  # pragma: no cover - refused by the config rule on engine.name
         raise fq_config.ConfigError(f"invalid config: engine.name={engine!r}")
-    return RunResult.load(output_dir)
 
 
 def run_experiment(overrides: Sequence[str] = ()) -> RunResult:

@@ -51,12 +51,27 @@ def prevalidate(argv: Sequence[str]) -> None:
         fq_config.compose(job)
 
 
+def _one_log_line_per_record() -> None:
+    """Flower's logger prints to the console itself and also propagates to Hydra's handlers:
+    every strategy message would show twice. In the CLI, Hydra's handlers alone print it (and
+    write it to the job's log file); Flower's DEBUG chatter stays out."""
+    flwr_logger = logging.getLogger("flwr")
+    for handler in list(flwr_logger.handlers):
+        if isinstance(handler, logging.StreamHandler) and not isinstance(
+            handler, logging.FileHandler
+        ):
+            flwr_logger.removeHandler(handler)
+    flwr_logger.setLevel(logging.INFO)
+    flwr_logger.propagate = True
+
+
 @hydra.main(config_path=str(fq_config.config_dir()), config_name="config", version_base=None)
 def _hydra_main(cfg: DictConfig) -> float | None:
     from hydra.core.hydra_config import HydraConfig
 
     from .api import execute
 
+    _one_log_line_per_record()
     hc = HydraConfig.get()
     overrides = list(hc.overrides.task)
     output_dir = cfg.output_dir or hc.runtime.output_dir
@@ -83,6 +98,16 @@ def _check_launcher(argv: Sequence[str]) -> None:
         ) from None
 
 
+def one_output_dir(argv: Sequence[str]) -> list[str]:
+    """A single run with ``output_dir=PATH`` uses PATH as Hydra's run dir too, so PATH holds
+    everything of the run: results, ``.hydra/`` (composed config, overrides) and the log."""
+    multirun = any(a in ("-m", "--multirun") for a in argv)
+    given = [a.split("=", 1)[1] for a in argv if a.startswith("output_dir=")]
+    if multirun or not given or any(a.startswith("hydra.run.dir=") for a in argv):
+        return list(argv)
+    return [*argv, f"hydra.run.dir={given[-1]}"]
+
+
 def main() -> None:
     """Entry point of the ``flower-qlearn`` console script."""
     argv = sys.argv[1:]
@@ -98,6 +123,7 @@ def main() -> None:
         except fq_config.ConfigError as exc:
             print(f"flower-qlearn: {exc}", file=sys.stderr)
             sys.exit(2)
+        sys.argv[1:] = one_output_dir(argv)
     _hydra_main()
 
 

@@ -19,10 +19,13 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
+
+from . import progress
 
 log = logging.getLogger("flower_qlearn")
 
@@ -174,10 +177,70 @@ def run_log(run_id: int, connection: str, env: dict) -> str:
     return proc.stdout + proc.stderr
 
 
+#: Lines of a run's log that the launchers echo on the user's terminal.
+ECHOED = (progress.MARKER, "flower-qlearn:", "[job ")
+
+
+def follow_log(
+    run_id: int, connection: str, env: dict, on_line: Callable[[str], None]
+) -> subprocess.Popen:
+    """Stream the run's log (``flwr log --stream``) and hand its progress lines to ``on_line``.
+
+    Flower's own prefix is cut, so the user sees the ServerApp's lines as an in-process run
+    prints them. Returns the streaming process; terminate it when the run has finished.
+    """
+    proc = subprocess.Popen(
+        [flwr_command(), "log", str(run_id), connection, "--stream"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        text=True,
+    )
+
+    def pump() -> None:
+        assert proc.stdout is not None
+        for raw in proc.stdout:
+            starts = [i for i in (raw.find(tag) for tag in ECHOED) if i >= 0]
+            if starts:
+                on_line(raw[min(starts) :].rstrip())
+
+    threading.Thread(target=pump, name=f"flwr-log-{run_id}", daemon=True).start()
+    return proc
+
+
 def wait_for_run(
-    run_id: int, connection: str, env: dict, *, timeout: float = 3600.0, poll_interval: float = 2.0
+    run_id: int,
+    connection: str,
+    env: dict,
+    *,
+    timeout: float = 3600.0,
+    poll_interval: float = 2.0,
+    on_line: Callable[[str], None] | None = None,
 ) -> str:
-    """Poll the run's status until it is finished; stop it and raise after ``timeout`` seconds."""
+    """Poll the run's status until it is finished; stop it and raise after ``timeout`` seconds.
+
+    ``on_line``: receives the run's progress lines while it runs (:func:`follow_log`).
+    """
+    follower = follow_log(run_id, connection, env, on_line) if on_line else None
+    try:
+        return _wait(run_id, connection, env, timeout, poll_interval)
+    finally:
+        if follower is not None:
+            time.sleep(min(poll_interval, 1.0))  # the last lines are still on their way
+            follower.terminate()
+            try:
+                follower.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                follower.kill()
+
+
+def echo(line: str) -> None:
+    """Print a followed progress line through this package's logger (the user's terminal)."""
+    log.info("%s", line)
+
+
+def _wait(run_id: int, connection: str, env: dict, timeout: float, poll_interval: float) -> str:
     deadline = time.monotonic() + timeout
     while True:
         status = run_status(run_id, connection, env)
@@ -246,6 +309,7 @@ def run_deployment(cfg: Any, run_config: dict) -> None:
             env,
             timeout=float(e.run_timeout),
             poll_interval=float(e.poll_interval),
+            on_line=echo,
         )
         if status != "finished:completed":
             tail = run_log(run_id, connection, env)[-3000:]

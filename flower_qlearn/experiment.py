@@ -18,7 +18,7 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, MetricRecord
 from flwr.serverapp import Grid
 
-from . import checkpoint, outputs
+from . import checkpoint, outputs, progress
 from .agent import experiment_mdp
 from .evaluation import Evaluator
 from .strategies import registry
@@ -45,6 +45,7 @@ class RunContext:
     samples: float = 0.0
     wall_start: float = 0.0
     wall_offset: float = 0.0  # wall time already spent before a resume
+    _first_round: int | None = None  # the first round this process recorded (for the rate)
 
     @property
     def completed_rounds(self) -> int:
@@ -114,24 +115,14 @@ class RunContext:
 
     def _progress(self, row: dict) -> None:
         r, every = row["round"], self.settings["log_every"]
+        if self._first_round is None:
+            self._first_round = r
         if not every or (r % every and r != self.plan.num_rounds):
             return
-        err = (
-            f"gain_error={row['gain_error']:.4g}"
-            if self.plan.objective == "average_reward"
-            else f"q_error={row['q_error']:.4g}"
-        )
-        log.info(
-            "%s[round %d/%d] samples/agent=%d %s accepted=%s rejected=%s (%.1fs)",
-            _job_tag(),
-            r,
-            self.plan.num_rounds,
-            row["samples_per_agent"],
-            err,
-            row.get("accepted"),
-            row.get("rejected"),
-            row["wall_s"],
-        )
+        done_here = r - self._first_round + 1
+        elapsed = time.perf_counter() - self.wall_start
+        line = progress.round_line(row, self.plan.num_rounds, elapsed, done_here)
+        log.info("%s%s", _job_tag(), line)
 
 
 def run_server(grid: Grid, settings: dict, output_dir: Path) -> list[dict]:

@@ -117,6 +117,7 @@ class LocalFederation:
         self.startup_timeout = startup_timeout
         self.env = {**(env or {}), MARKER: secrets.token_hex(8)}
         self.progress = progress or (lambda line: None)
+        self._follow = progress is not None  # stream runs' logs only for someone listening
         self.port = 0
         self.certs: dict = {}
         self.superlink: Process | None = None
@@ -351,8 +352,16 @@ class LocalFederation:
         return run_id, out
 
     def wait(self, run_id: int, timeout: float = 600.0) -> str:
-        """Wait until run ``run_id`` finishes; return its final status."""
-        return wait_for_run(run_id, CONNECTION, self.cli_env, timeout=timeout, poll_interval=1.0)
+        """Wait until run ``run_id`` finishes; return its final status. The run's progress
+        lines go to :attr:`progress` (the launcher's terminal) while it runs."""
+        return wait_for_run(
+            run_id,
+            CONNECTION,
+            self.cli_env,
+            timeout=timeout,
+            poll_interval=1.0,
+            on_line=self.progress if self._follow else None,
+        )
 
     def run(
         self,

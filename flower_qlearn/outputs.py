@@ -18,6 +18,7 @@ import numpy as np
 METRICS_FILE = "metrics.csv"
 SUMMARY_FILE = "summary.json"
 Q_TABLE_FILE = "q_table.npy"
+LOG_FILE = "flower-qlearn.log"  #: the run's log (Hydra names it after hydra.job.name)
 
 #: Columns of ``metrics.csv`` in this order (DESIGN.md); extra metrics follow, sorted.
 METRIC_COLUMNS = (

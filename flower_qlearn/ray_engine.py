@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from . import federation
-from .deployment import submit_run, wait_for_run
+from .deployment import echo, submit_run, wait_for_run
 
 log = logging.getLogger("flower_qlearn")
 
@@ -130,7 +130,9 @@ def run_ray(cfg: Any, run_config: dict) -> None:
         run_id = submit_run(run_config, connection, cli_env, federation_config=simulation)
         log.info("flower-qlearn: run %s on Flower's simulation runtime (Ray)", run_id)
         timeout = float(getattr(cfg.engine, "run_timeout", None) or math.inf)
-        status = wait_for_run(run_id, connection, cli_env, timeout=timeout, poll_interval=0.5)
+        status = wait_for_run(
+            run_id, connection, cli_env, timeout=timeout, poll_interval=0.5, on_line=echo
+        )
         if status != "finished:completed":
             raise RuntimeError(
                 f"engine=ray: run {run_id} ended {status}: {log_tail(fed.run_log(run_id))}"

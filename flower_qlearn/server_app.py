@@ -9,6 +9,7 @@ itself is :func:`flower_qlearn.experiment.run_server`.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from flwr.app import Context
@@ -19,8 +20,28 @@ from .experiment import run_server
 from .outputs import default_output_dir
 
 
+class _ToFlowerLog(logging.Handler):
+    """Hands this package's log records to Flower's logger, which ``flwr log`` carries."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        from flwr.common.logger import FLOWER_LOGGER
+
+        FLOWER_LOGGER.log(record.levelno, "%s", record.getMessage())
+
+
+def _log_to_flower() -> None:
+    """In Flower's ServerApp process (``flwr run``, a SuperLink) nothing handles this package's
+    log records: route them into Flower's log so that progress shows in ``flwr log``."""
+    ours = logging.getLogger("flower_qlearn")
+    if not ours.hasHandlers():
+        ours.addHandler(_ToFlowerLog())
+        ours.setLevel(logging.INFO)
+        ours.propagate = False
+
+
 def handle_run(grid: Grid, context: Context) -> list[dict]:
     """Run the experiment that ``context.run_config`` describes over ``grid``."""
+    _log_to_flower()
     cfg = fq_config.from_run_config(context.run_config)
     settings = fq_config.settings(cfg)
     output_dir = settings.get("output_dir") or default_output_dir().resolve()

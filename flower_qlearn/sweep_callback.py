@@ -36,3 +36,45 @@ class SweepFigures(Callback):
                 exc,
                 sweep_dir,
             )
+
+
+class SweepProgress(Callback):
+    """Hydra callback: after each job of a multirun, ``[multirun] 3/40 jobs done, ... ETA ...``.
+
+    The total is counted when the multirun starts (the sweeper's ``params`` of an experiment
+    config and the command line's sweeps, as Hydra's basic sweeper combines them); jobs done are
+    counted on disk, so the line is right whichever process ran the job (joblib workers too).
+    """
+
+    def on_multirun_start(self, config, **kwargs) -> None:  # noqa: D102 - Hydra's hook
+        import math
+        import os
+        import time
+
+        from hydra.core.override_parser.overrides_parser import OverridesParser
+
+        from .progress import SWEEP_START_ENV, SWEEP_TOTAL_ENV
+
+        params = config.hydra.sweeper.get("params") or {}
+        lines = [f"{k}={v}" for k, v in params.items()] + list(config.hydra.overrides.task)
+        sizes: dict[str, int] = {}
+        try:
+            for ov in OverridesParser.create().parse_overrides(lines):
+                sweep = ov.is_sweep_override()
+                sizes[ov.get_key_element()] = len(list(ov.sweep_string_iterator())) if sweep else 1
+        except Exception:  # noqa: BLE001 - progress must never break a sweep
+            return
+        os.environ[SWEEP_TOTAL_ENV] = str(math.prod(sizes.values()))
+        os.environ[SWEEP_START_ENV] = str(time.time())
+
+    def on_job_end(self, config, job_return, **kwargs) -> None:  # noqa: D102 - Hydra's hook
+        from hydra.core.hydra_config import HydraConfig
+
+        from .progress import job_done_line
+
+        try:
+            line = job_done_line(HydraConfig.get().sweep.dir)
+        except Exception:  # noqa: BLE001 - progress must never break a sweep
+            return
+        if line:
+            logging.getLogger("flower_qlearn").info("%s", line)

@@ -99,6 +99,9 @@ def _leftovers(run_dirs: list[str]) -> list[str]:
     return found
 
 
+LOUD = [o if o != "log_every=0" else "log_every=1" for o in COMMON]
+
+
 @pytest.mark.slow
 def test_ray_engine_gives_identical_numbers_to_inprocess_and_leaves_no_process(
     tmp_path, monkeypatch
@@ -113,13 +116,16 @@ def test_ray_engine_gives_identical_numbers_to_inprocess_and_leaves_no_process(
         return path
 
     monkeypatch.setattr(ray_engine.tempfile, "mkdtemp", recording_mkdtemp)
-    ray = run_experiment([*COMMON, "engine=ray", f"output_dir={tmp_path / 'ray'}"])
+    ray = run_experiment([*LOUD, "engine=ray", f"output_dir={tmp_path / 'ray'}"])
     assert len(run_dirs) == 1
+    # the ServerApp's progress lines, from Flower's log of the run, reached the user's side
+    lines = (tmp_path / "ray" / "flower-qlearn.log").read_text()
+    assert all(f"[round {r}/3]" in lines for r in (1, 2, 3))
     assert _leftovers(run_dirs) == []
     assert not Path(run_dirs[0]).exists()  # certificates, logs and Ray's session are gone
     monkeypatch.undo()
 
-    inproc = run_experiment([*COMMON, f"output_dir={tmp_path / 'inproc'}"])
+    inproc = run_experiment([*LOUD, f"output_dir={tmp_path / 'inproc'}"])
     np.testing.assert_array_equal(ray.q_table, inproc.q_table)
     strip = [{k: v for k, v in r.items() if k != "wall_s"} for r in ray.history]
     assert strip == [{k: v for k, v in r.items() if k != "wall_s"} for r in inproc.history]
