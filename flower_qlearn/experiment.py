@@ -97,13 +97,13 @@ class RunContext:
 
     def restore(self, path: Path) -> None:
         """Continue from a checkpoint written by :meth:`checkpoint` for the same experiment."""
-        state = checkpoint.read(path, self.settings)
-        self.arrays = ArrayRecord({Q: Array(state["q"])})
+        state = checkpoint.load(path, self.settings, plan=self.plan)  # every value checked
+        if state["strategy"] is not None and hasattr(self.plan.strategy, "load_state_dict"):
+            checkpoint.load_strategy_state(state["path"], self.plan.strategy, state["strategy"])
+        self.arrays = ArrayRecord({Q: Array(np.ascontiguousarray(state["q"], np.float64))})
         self.history = list(state["history"])
         self.samples = float(state["samples"])
         self.wall_offset = float(state["wall_s"])
-        if state["strategy"] is not None and hasattr(self.plan.strategy, "load_state_dict"):
-            self.plan.strategy.load_state_dict(state["strategy"])
         if state["grid"] is not None and hasattr(self.grid, "restore_state"):
             self.grid.restore_state(state["grid"])
         else:
@@ -136,8 +136,8 @@ def run_server(grid: Grid, settings: dict, output_dir: Path) -> list[dict]:
     mdp = experiment_mdp(settings["mdp"])
     registry.load_all()
     plan = registry.STRATEGIES[settings["strategy"]["name"]].build(settings, mdp)
-    evaluator = Evaluator(mdp, plan.objective)
-    q0 = np.zeros((mdp.num_states, mdp.num_actions))
+    evaluator = Evaluator(mdp, plan.objective, plan.ground_truth)
+    q0 = np.zeros(plan.iterate_shape or (mdp.num_states, mdp.num_actions))
     run = RunContext(
         grid=grid,
         settings=settings,

@@ -13,6 +13,7 @@ more than one round's replies.
 from __future__ import annotations
 
 import time
+import weakref
 from abc import abstractmethod
 from collections.abc import Iterable
 from logging import INFO, WARNING
@@ -38,15 +39,64 @@ from .validation import ArraySpec, ClientUpdate, payload_bytes, split_replies
 ROUND_METRICS = ("accepted", "rejected", "missing", "bytes_up", "bytes_down", "kept_previous")
 
 
+class _NodeWatch:
+    """What :func:`wait_for_nodes` remembers about one grid's nodes across rounds."""
+
+    __slots__ = ("gave_up", "seen")
+
+    def __init__(self) -> None:
+        self.seen: set[int] = set()  # every node id the grid has listed
+        self.gave_up = 0  # largest min_nodes a wait ran out for (the full set never came)
+
+
+#: Per grid (weakly held): a grid is one run of one ServerApp.
+_WATCHES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_WATCHES_BY_ID: dict[int, _NodeWatch] = {}  # grids that cannot be weakly referenced
+
+
+def _watch(grid: Grid) -> _NodeWatch:
+    try:
+        return _WATCHES.setdefault(grid, _NodeWatch())
+    except TypeError:
+        return _WATCHES_BY_ID.setdefault(id(grid), _NodeWatch())
+
+
 def wait_for_nodes(grid: Grid, min_nodes: int, timeout: float) -> list[int]:
-    """Sorted ids of the connected nodes, after waiting up to ``timeout`` s for ``min_nodes``."""
+    """Sorted ids of the connected nodes, after waiting up to ``timeout`` s for ``min_nodes``.
+
+    The rule across calls (per grid; each round's `configure_train` calls this):
+
+    - a node is *seen* once ``grid.get_node_ids()`` has listed it, and *lost* while it was seen
+      and is not listed; lost nodes are never waited for: a call waits only until
+      ``min_nodes - len(lost)`` nodes are connected (a lost node that comes back is used);
+    - once a wait has run out for ``min_nodes`` (the full set was never reached), later calls
+      with at most that many ``min_nodes`` do not wait at all: they go ahead at once with the
+      nodes that are connected (nodes that join later are used from the round they appear).
+
+    So a run that lost a node, or never had them all, waits at most one ``timeout`` in all,
+    not one per round.
+    """
+    watch = _watch(grid)
+    if watch.gave_up >= min_nodes:
+        node_ids = sorted(grid.get_node_ids())
+        watch.seen.update(node_ids)
+        return node_ids
     deadline = time.monotonic() + timeout
     next_log = time.monotonic() + 5.0
-    while len(node_ids := sorted(grid.get_node_ids())) < min_nodes:
+    while True:
+        node_ids = sorted(grid.get_node_ids())
+        watch.seen.update(node_ids)
+        lost = watch.seen.difference(node_ids)
+        if len(node_ids) >= min_nodes - len(lost):
+            if lost and len(node_ids) < min_nodes:
+                log(INFO, "%d of %d nodes connected (%d lost: not waited for)",
+                    len(node_ids), min_nodes, len(lost))
+            break
         now = time.monotonic()
         if now >= deadline:
-            log(WARNING, "Only %d of %d nodes connected after %.0fs; going ahead with them",
-                len(node_ids), min_nodes, timeout)
+            log(WARNING, "Only %d of %d nodes connected after %.0fs; going ahead with them "
+                "(and not waiting for missing nodes again)", len(node_ids), min_nodes, timeout)
+            watch.gave_up = max(watch.gave_up, min_nodes)
             break
         if now >= next_log:
             log(INFO, "Waiting for nodes to connect: %d of %d", len(node_ids), min_nodes)
@@ -149,7 +199,12 @@ class QTableStrategy(Strategy):
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> list[Message]:
-        """Send the global Q-table and config (plus ``server-round``) to every node."""
+        """Send the global Q-table and config (plus ``server-round``) to every node.
+
+        The nodes are those :func:`wait_for_nodes` returns: it waits for
+        `min_available_nodes` at most once per grid when some never connect, and never for
+        nodes that were connected and are lost.
+        """
         train_config = ConfigRecord(dict(config))
         train_config.setdefault(TASK, self.task)
         train_config[SERVER_ROUND] = server_round

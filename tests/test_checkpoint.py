@@ -46,7 +46,7 @@ def test_sigkill_then_resume_gives_exactly_the_uninterrupted_result(tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "flower_qlearn", *args,
                              f"output_dir={killed}"], cwd=tmp_path,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    checkpoint = killed / "checkpoint.pkl"
+    checkpoint = killed / "checkpoint.npz"
     deadline = time.time() + 120
     while not checkpoint.exists() and time.time() < deadline:
         time.sleep(0.05)

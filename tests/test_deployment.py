@@ -241,7 +241,7 @@ def test_supernode_killed_mid_run_the_run_finishes_with_the_others(federation, t
     the in-process engine losing the same node.
     """
     fed = federation
-    experiment = [*EXPERIMENT, "num_rounds=2", "min_replies=2", "round_timeout=40"]
+    experiment = [*EXPERIMENT, "num_rounds=2", "min_replies=2", "round_timeout=75"]
     run_id, out = fed.submit(experiment, tmp_path / "deployed")
     metrics = out / "metrics.csv"
     deadline = time.monotonic() + 180

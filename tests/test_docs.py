@@ -56,7 +56,11 @@ def test_the_docs_show_commands_at_all():
 
 
 @pytest.mark.parametrize(("page", "line"), FLOWER_QLEARN, ids=[c[1][:60] for c in FLOWER_QLEARN])
-def test_every_flower_qlearn_command_in_the_docs_composes_and_validates(page, line, tmp_path):
+def test_every_flower_qlearn_command_in_the_docs_composes_and_validates(
+    page, line, tmp_path, monkeypatch
+):
+    if "resume=" in line:  # the docs' resume target is a run the reader made before: not here
+        monkeypatch.setattr("flower_qlearn.checkpoint.check_resume", lambda *a, **k: None)
     argv = shlex.split(line.replace("$PWD", str(tmp_path)))[1:]
     argv = [a for a in argv if not a.startswith("--")]  # --cfg job, --help: nothing to compose
     cli._check_launcher(argv)
