@@ -77,7 +77,7 @@ def _hydra_main(cfg: DictConfig) -> float | None:
     output_dir = cfg.output_dir or hc.runtime.output_dir
     result = execute(cfg, output_dir, overrides)
     final = result.history[-1] if result.history else {}
-    key = "gain_error" if final.get("gain_error") is not None else "q_error"
+    key = next((k for k in ("theta_error", "gain_error") if final.get(k) is not None), "q_error")
     value = final.get(key)
     print(
         f"{cfg.strategy.name}: final {key}={value} after {len(result.history)} rounds "

@@ -150,10 +150,9 @@ def handle_train(message: Message, context: Context) -> Message:
         reason = str(exc) if isinstance(exc, ConfigError) else f"invalid instruction: {exc}"
         return Message(Error(ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason), reply_to=message)
     q = np.array(record[Q].numpy(), dtype=np.float64, copy=True, order="C")
-    if q.shape != (env.mdp.num_states, env.mdp.num_actions):
-        reason = f"invalid instruction: table {Q!r} has shape {q.shape}, the MDP is " + (
-            f"{env.mdp.num_states}x{env.mdp.num_actions}"
-        )
+    expected = task.expected_shape(settings, env)  # the Q-table (S, A) unless the task says
+    if q.shape != expected:
+        reason = f"invalid instruction: table {Q!r} has shape {q.shape}, expected {expected}"
         return Message(Error(ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason), reply_to=message)
     sleep_s = float(settings["client"]["sleep_s"])
     if sleep_s > 0:

@@ -157,11 +157,13 @@ def plot_run(
     """
     out_dir = Path(out_dir)
     x = np.array([float(row["samples_per_agent"]) for row in history])
-    curves = (
-        [("gain_error", "gain error ||Vbar - rho*||_inf"), ("policy_gain_gap", "policy gain gap")]
-        if objective == "average_reward"
-        else [("normalized_q_error", "(1 - gamma) ||Qbar - Q*||_inf")]
-    )
+    curves = {
+        "average_reward": [
+            ("gain_error", "gain error ||Vbar - rho*||_inf"),
+            ("policy_gain_gap", "policy gain gap"),
+        ],
+        "td": [("theta_error", "||theta - theta*||_2^2")],
+    }.get(objective, [("normalized_q_error", "(1 - gamma) ||Qbar - Q*||_inf")])
     written = []
     for i, (key, label) in enumerate(curves):
         y = np.array([np.nan if row.get(key) is None else float(row[key]) for row in history])

@@ -3,9 +3,11 @@
 A strategy module (``equal``, ``importance``, ``average_reward``, ``dasa``, or a new one) calls
 :func:`register` with a :class:`StrategySpec`: its config name, its config rules (option lists
 and ranges, checked at the edge and nowhere else), its builder (composed settings + MDP ->
-:class:`Plan`) and the :class:`ClientTask` its clients run. The ServerApp looks strategies up in
-:data:`STRATEGIES`, the ClientApp looks tasks up in :data:`TASKS`; :func:`load_all` imports every
-module of the package, so adding a strategy is one module plus one ``conf/strategy/*.yaml``.
+:class:`Plan`) and the :class:`ClientTask` its clients run (plus ``extra_tasks`` when its
+builder chooses between several, e.g. DASA's Q-learning and TD operators). The ServerApp looks
+strategies up in :data:`STRATEGIES`, the ClientApp looks tasks up in :data:`TASKS`;
+:func:`load_all` imports every module of the package, so adding a strategy is one module plus
+one ``conf/strategy/*.yaml``.
 """
 
 from __future__ import annotations
@@ -73,16 +75,24 @@ class ClientTask:
 
     ``round_rules`` validate the task's own per-round keys (e.g. average reward's step sizes);
     every key an instruction may carry beyond ``task``, ``server-round``, ``seed``,
-    ``num_clients``, ``mdp.*`` and ``client.*`` must have a rule here.
+    ``num_clients``, ``mdp.*`` and ``client.*`` must have a rule here. ``iterate_shape(settings,
+    env)`` is the shape the instruction's array ``"q"`` must have (None: the Q-table ``(S, A)``).
     """
 
     name: str
     run: Callable[[TaskJob], TaskResult]
     round_rules: tuple[Rule, ...] = ()
+    iterate_shape: Callable[[dict, AgentEnv], tuple[int, ...]] | None = None
 
     @property
     def round_keys(self) -> frozenset[str]:
         return frozenset(rule.field for rule in self.round_rules)
+
+    def expected_shape(self, settings: dict, env: AgentEnv) -> tuple[int, ...]:
+        """The shape of the received iterate this task works on."""
+        if self.iterate_shape is None:
+            return (env.mdp.num_states, env.mdp.num_actions)
+        return tuple(self.iterate_shape(settings, env))
 
 
 # --- the server side -----------------------------------------------------------------------
@@ -142,7 +152,9 @@ class Plan:
     """What the server runs: the strategy, the instruction's config, how many rounds, how.
 
     ``objective`` decides the evaluation metrics (``discounted``: Q-error against Q*;
-    ``average_reward``: gain error against rho*).
+    ``average_reward``: gain error against rho*; ``td``: ``theta_error`` against the TD fixed
+    point, given as ``ground_truth``). ``iterate_shape`` is the global iterate's shape (None:
+    the Q-table ``(S, A)``).
     """
 
     strategy: QTableStrategy
@@ -150,6 +162,8 @@ class Plan:
     num_rounds: int
     objective: str = "discounted"
     loop: RoundLoop = synchronous_rounds
+    iterate_shape: tuple[int, ...] | None = None
+    ground_truth: Any = None
 
 
 @dataclass(frozen=True)
@@ -158,12 +172,14 @@ class StrategySpec:
 
     ``rules`` apply only when ``strategy.name == name`` (the registry adds that condition).
     ``build(settings, mdp)`` gets the validated composed config as a plain nested dict.
+    ``extra_tasks`` are further client tasks the builder may ask for (registered with ``task``).
     """
 
     name: str
     build: Callable[[Mapping[str, Any], TabularMDP], Plan]
     task: ClientTask
     rules: tuple[Rule, ...] = field(default=())
+    extra_tasks: tuple[ClientTask, ...] = field(default=())
 
 
 STRATEGIES: dict[str, StrategySpec] = {}
@@ -171,12 +187,15 @@ TASKS: dict[str, ClientTask] = {}
 
 
 def register(spec: StrategySpec) -> StrategySpec:
-    """Add a strategy (and its client task) to the registry; returns ``spec``."""
-    existing = TASKS.get(spec.task.name)
-    if existing is not None and existing is not spec.task:
-        raise ValueError(f"task {spec.task.name!r} is already registered by another strategy")
+    """Add a strategy (and its client tasks) to the registry; returns ``spec``."""
+    tasks = (spec.task, *spec.extra_tasks)
+    for task in tasks:
+        existing = TASKS.get(task.name)
+        if existing is not None and existing is not task:
+            raise ValueError(f"task {task.name!r} is already registered by another strategy")
     STRATEGIES[spec.name] = spec
-    TASKS[spec.task.name] = spec.task
+    for task in tasks:
+        TASKS[task.name] = task
     return spec
 
 

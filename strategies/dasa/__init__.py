@@ -19,14 +19,26 @@ from .rule import (
     nondelayed_step,
     select_agents,
 )
-from .spec import Q_OPERATOR, build, operator_bound, q_operator
+from .spec import (
+    OPERATORS,
+    Q_OPERATOR,
+    TD_OPERATOR,
+    build,
+    operator_bound,
+    q_operator,
+    step_size_of,
+    td_ground_truth,
+    td_operator,
+)
 from .strategy import DASA, EXECUTIONS
 
 __all__ = [
     "DASA",
     "EXECUTIONS",
     "NORMS",
+    "OPERATORS",
     "Q_OPERATOR",
+    "TD_OPERATOR",
     "RULES",
     "DelayBuffer",
     "Operator",
@@ -41,4 +53,7 @@ __all__ = [
     "nondelayed_step",
     "operator_bound",
     "select_agents",
+    "step_size_of",
+    "td_ground_truth",
+    "td_operator",
 ]

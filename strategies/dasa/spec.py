@@ -1,8 +1,11 @@
-"""DASA as the config layer sees it: its client task, config rules and builder (registered).
+"""DASA as the config layer sees it: its client tasks, config rules and builder (registered).
 
-The ``q_operator`` task computes an agent's batch Q-learning operator; the rules check the
-``strategy.*`` keys of ``conf/strategy/dasa.yaml`` (with the constructor's parameter rules) and
-the combinations that make no sense; the builder turns a composed config into a :class:`Plan`.
+``strategy.operator`` chooses the stochastic approximation DASA runs (:data:`OPERATORS`): the
+``q_operator`` task computes an agent's batch Q-learning operator on the Q-table, the
+``td_operator`` task the TD(0) operator with linear features on ``theta in R^d``
+(:mod:`flower_qlearn.td`, docs/dasa_td.md). The rules check the ``strategy.*`` keys of
+``conf/strategy/dasa.yaml`` (with the constructor's parameter rules) and the combinations that
+make no sense; the builder turns a composed config into a :class:`Plan`.
 """
 
 from __future__ import annotations
@@ -13,13 +16,33 @@ from typing import Any
 
 from flwr.app import ConfigRecord
 
-from flower_qlearn.schema import Rule, int_at_least, one_of
+from flower_qlearn.schema import (
+    Rule,
+    get,
+    int_at_least,
+    is_int,
+    never,
+    one_of,
+    options,
+    positive,
+)
+from flower_qlearn.td import FEATURES
 
 from ..base import common_args, value_bound
 from ..delays import DelayModel
 from ..protocol import ITERATION, NUM_SAMPLES, OPERATOR, task_keys
 from ..registry import ClientTask, Plan, StrategySpec, TaskJob, TaskResult, register
 from .strategy import BATCH_SIZE, DASA, PARAMETER_RULES
+
+#: The stochastic approximations DASA runs (``strategy.operator``): each has its client task.
+OPERATORS = ("q_learning", "td_linear")
+#: ``q_learning``'s step size when ``strategy.step_size`` is null (the house default since DASA
+#: was added; ``td_linear``'s is ``omega / strategy.omega_divisor``).
+Q_LEARNING_STEP_SIZE = 2.0
+#: The instruction's round keys of the ``td_operator`` task (the client builds Phi from them).
+FEATURES_KEY = "strategy.features"
+NUM_FEATURES = "strategy.num_features"
+FEATURE_SEED = "strategy.feature_seed"
 
 # --- the client task ------------------------------------------------------------------------
 
@@ -59,11 +82,71 @@ Q_OPERATOR = ClientTask(
 )
 
 
+def _num_features(settings: Mapping, num_states: int) -> int:
+    """``d``: ``S`` for tabular features or when ``strategy.num_features`` is null."""
+    d = settings.get(NUM_FEATURES)
+    return num_states if settings[FEATURES_KEY] == "tabular" or d is None else int(d)
+
+
+def td_operator(job: TaskJob) -> TaskResult:
+    """DASA's TD(0) operator with linear features at the received ``theta`` (docs/dasa_td.md).
+
+    ``B = strategy.batch_size`` consecutive transitions of the agent's continuing chain under
+    its behavior policy give ``g(theta) = (1/B) sum_j phi(s_j) (r_j + gamma phi(s'_j)^T theta -
+    phi(s_j)^T theta)``, ``Phi`` built from the round keys ``strategy.features``,
+    ``strategy.num_features``, ``strategy.feature_seed`` exactly as the server builds it. The
+    chain, its random numbers and the echoed ``iteration`` are those of :func:`q_operator`.
+    """
+    from flower_qlearn.agent import initial_state
+    from flower_qlearn.td import feature_matrix, run_td_operator
+
+    c, env, settings = job.settings["client"], job.env, job.settings
+    batch_size = int(settings[BATCH_SIZE])
+    if job.agent in set(c.get("slow_agents") or ()):
+        time.sleep(float(c.get("slow_sleep_s") or 0.0))  # a real straggler
+    phi = feature_matrix(
+        settings[FEATURES_KEY],
+        env.mdp.num_states,
+        settings.get(NUM_FEATURES),
+        int(settings[FEATURE_SEED]),
+    )
+    state = job.state.get("state")
+    if state is None:
+        state = initial_state(env, settings["seed"], job.agent)
+    g, job.state["state"] = run_td_operator(
+        job.q, phi, env.mdp, env.behavior, int(state), batch_size, job.rng
+    )
+    return {OPERATOR: g}, {NUM_SAMPLES: batch_size, ITERATION: int(settings[ITERATION])}
+
+
+TD_OPERATOR = ClientTask(
+    "td_operator",
+    td_operator,
+    round_rules=(
+        *Q_OPERATOR.round_rules,
+        Rule(FEATURES_KEY, one_of(FEATURES), options(FEATURES)),
+        Rule(NUM_FEATURES, int_at_least(1), "null or an integer >= 1", optional=True),
+        Rule(FEATURE_SEED, int_at_least(0), "an integer >= 0"),
+    ),
+    iterate_shape=lambda settings, env: (_num_features(settings, env.mdp.num_states),),
+)
+
 
 # --- config rules and builder ---------------------------------------------------------------
 
 def _async(settings: Mapping) -> bool:
     return (settings.get("strategy") or {}).get("execution") == "async"
+
+
+def _td(settings: Mapping) -> bool:
+    return get(settings, "strategy.operator") == "td_linear"
+
+
+def _too_many_features(settings: Mapping) -> bool:
+    d, n = get(settings, NUM_FEATURES), get(settings, "mdp.num_states")
+    if not (_td(settings) and is_int(d) and is_int(n)):
+        return False
+    return d > n if get(settings, FEATURES_KEY) == "random" else d != n
 
 
 RULES_OF_CONFIG = (
@@ -86,6 +169,30 @@ RULES_OF_CONFIG = (
         "none with execution=async (real delays replace the simulated ones)",
         when=_async,
     ),
+    Rule("strategy.operator", one_of(OPERATORS), options(OPERATORS)),
+    Rule("strategy.omega_divisor", positive, "a number > 0"),
+    Rule(FEATURES_KEY, one_of(FEATURES), options(FEATURES), when=_td),
+    Rule(NUM_FEATURES, int_at_least(1), "null or an integer >= 1", when=_td, optional=True),
+    Rule(
+        NUM_FEATURES,
+        never,
+        "null or an integer <= mdp.num_states (random features; tabular: = mdp.num_states)",
+        when=_too_many_features,
+    ),
+    Rule(FEATURE_SEED, int_at_least(0), "an integer >= 0", when=_td),
+    Rule(
+        "client.behavior",
+        one_of(["uniform"]),
+        "uniform with operator=td_linear (every agent samples the same behavior chain, whose "
+        "TD fixed point is the ground truth)",
+        when=_td,
+    ),
+    Rule(
+        "client.heterogeneity",
+        lambda v: v == 0,
+        "0 with operator=td_linear (one MDP, one TD fixed point)",
+        when=_td,
+    ),
 )
 
 
@@ -95,22 +202,52 @@ def operator_bound(gamma: float) -> float:
     return 4.0 * (1.0 + (1.0 + gamma) * value_bound(gamma))
 
 
+def td_ground_truth(settings: Mapping[str, Any], mdp):
+    """The :class:`~flower_qlearn.td.TDProblem` of a ``td_linear`` run: the features the
+    clients build, on the chain of the behavior policy every agent follows (agent 0's: the
+    config rules make them all equal)."""
+    from flower_qlearn.agent import agent_env
+    from flower_qlearn.td import feature_matrix, td_problem
+
+    s = settings["strategy"]
+    phi = feature_matrix(
+        s["features"], mdp.num_states, s.get("num_features"), int(s["feature_seed"])
+    )
+    return td_problem(mdp, agent_env(settings, 0).behavior, phi)
+
+
+def step_size_of(strategy_settings: Mapping[str, Any], problem=None) -> float:
+    """``alpha``: ``strategy.step_size`` if set; else ``q_learning``: 2.0,
+    ``td_linear``: ``omega / strategy.omega_divisor`` (``problem.omega``)."""
+    if strategy_settings.get("step_size") is not None:
+        return float(strategy_settings["step_size"])
+    if problem is None:
+        return Q_LEARNING_STEP_SIZE
+    return problem.omega / float(strategy_settings["omega_divisor"])
+
+
 def build(settings: Mapping[str, Any], mdp) -> Plan:
-    """``strategy=dasa`` (or a baseline) on batch Q-learning operators.
+    """``strategy=dasa`` (or a baseline) on batch Q-learning or TD(0) operators.
 
     One round = one server iteration; ``strategy.execution=async`` swaps the round loop for
     :func:`~flower_qlearn.strategies.dasa.asynchronous.asynchronous_iterations`.
+    ``strategy.operator=td_linear`` iterates on ``theta`` ``(d,)``, evaluated against the TD
+    fixed point (objective ``td``).
     """
     from .asynchronous import asynchronous_iterations
 
     s, num_agents = settings["strategy"], int(settings["num_clients"])
     common = common_args(settings, mdp)
+    td = s.get("operator", "q_learning") == "td_linear"
+    problem = td_ground_truth(settings, mdp) if td else None
+    task = TD_OPERATOR if td else Q_OPERATOR
+    shape = problem.theta_star.shape if td else (mdp.num_states, mdp.num_actions)
     strategy = DASA(
         mdp.num_states,
         mdp.num_actions,
         num_agents=num_agents,
         rule=str(s["rule"]),
-        step_size=float(s["step_size"]),
+        step_size=step_size_of(s, problem),
         epsilon=float(s["epsilon"]),
         batch_size=int(s["batch_size"]),
         delays=DelayModel.from_config(settings["delay"], num_agents, int(settings["seed"])),
@@ -118,17 +255,34 @@ def build(settings: Mapping[str, Any], mdp) -> Plan:
         norm=str(s["norm"]),
         execution=str(s["execution"]),
         tick_s=float(s["tick_s"]),
-        value_bound=operator_bound(mdp.gamma),
+        # The TD iterate has no a-priori bound (it scales with the features' conditioning):
+        # its replies are only checked to be finite.
+        value_bound=None if td else operator_bound(mdp.gamma),
         min_available_nodes=common["min_available_nodes"],
         wait_timeout=common["wait_timeout"],
+        shape=shape,
+        task=task.name,
     )
-    train_config = ConfigRecord(
-        {**task_keys(settings, Q_OPERATOR.name), BATCH_SIZE: int(s["batch_size"])}
+    round_keys: dict[str, Any] = {BATCH_SIZE: int(s["batch_size"])}
+    if td:
+        round_keys[FEATURES_KEY] = str(s["features"])
+        round_keys[FEATURE_SEED] = int(s["feature_seed"])
+        if s.get("num_features") is not None:
+            round_keys[NUM_FEATURES] = int(s["num_features"])
+    train_config = ConfigRecord({**task_keys(settings, task.name), **round_keys})
+    plan = Plan(
+        strategy,
+        train_config,
+        int(settings["num_rounds"]),
+        objective="td" if td else "discounted",
+        iterate_shape=shape,
+        ground_truth=problem,
     )
-    plan = Plan(strategy, train_config, int(settings["num_rounds"]))
     if s["execution"] == "async":
         plan.loop = asynchronous_iterations
     return plan
 
 
-SPEC = register(StrategySpec("dasa", build, Q_OPERATOR, rules=RULES_OF_CONFIG))
+SPEC = register(
+    StrategySpec("dasa", build, Q_OPERATOR, rules=RULES_OF_CONFIG, extra_tasks=(TD_OPERATOR,))
+)

@@ -2,9 +2,10 @@
 
 Dal Fabbro, Adibi, Poor, Kulkarni, Mitra, Pappas, "DASA: Delay-Adaptive Multi-Agent Stochastic
 Approximation", CDC 2024 (ALGORITHMS.md section 6). At every server iteration ``t`` each agent
-computes an operator ``g_i`` (here the batch Q-learning operator of its own Markov chain) at the
-current iterate ``theta_t``; the upload reaches the server some iterations later. The server keeps
-each agent's freshest arrived operator, computed at ``t - tau_i``, and
+computes an operator ``g_i`` (the batch Q-learning operator of its own Markov chain, or the TD(0)
+operator with linear features: ``strategy.operator``) at the current iterate ``theta_t``; the
+upload reaches the server some iterations later. The server keeps each agent's freshest arrived
+operator, computed at ``t - tau_i``, and
 
     e_i  = || theta_t - theta_{t - tau_i} ||          (delay error; +inf: nothing arrived yet)
     R_t  = the ceil(N/2) agents with the smallest e_i (ties: lower partition id first)
@@ -24,7 +25,8 @@ The subpackage has four layers, readable top to bottom:
 2. :mod:`.buffer`: :class:`DelayBuffer`, the server's bounded memory: replies in flight on the
    virtual clock, each agent's freshest operator, and only the past iterates still referred to;
 3. this module: the Flower strategy :class:`DASA` (simulated delays: one Flower round = one
-   iteration); :mod:`.spec`: its client task (``q_operator``), config rules and builder;
+   iteration); :mod:`.spec`: its client tasks (``q_operator``, ``td_operator``), config rules
+   and builder;
 4. :mod:`.asynchronous`: :func:`asynchronous_iterations`, the server loop of real asynchrony
    over ``Grid.push_messages`` / ``Grid.pull_messages`` that never waits for a straggler.
 """
@@ -82,11 +84,12 @@ BATCH_SIZE = "strategy.batch_size"
 
 
 class DASA(QTableStrategy):
-    """Flower strategy running DASA (or a baseline) on agents' Q-learning operators.
+    """Flower strategy running DASA (or a baseline) on agents' operators, any iterate shape.
 
-    Wire format. Instruction: ``RecordDict({"arrays": ArrayRecord({"q": theta_t (S, A)}),
-    "config": ConfigRecord({..., "server-round", "iteration": t})})``. Reply: ``"arrays"``
-    with ``"g"`` (S, A) float64 and ``"metrics"`` with ``"partition_id"`` (the agent) and
+    Wire format. Instruction: ``RecordDict({"arrays": ArrayRecord({"q": theta_t}),
+    "config": ConfigRecord({..., "server-round", "iteration": t})})`` with ``theta_t`` of
+    shape ``shape`` (the Q-table ``(S, A)``, or ``(d,)`` for TD). Reply: ``"arrays"``
+    with ``"g"`` (same shape) float64 and ``"metrics"`` with ``"partition_id"`` (the agent) and
     ``"iteration"`` (the ``t`` it was computed at, echoed back). Replies are validated by the
     shared :func:`flower_qlearn.strategies.validation.split_replies`.
 
@@ -104,7 +107,7 @@ class DASA(QTableStrategy):
     Parameters
     ----------
     num_states, num_actions : int
-        Shape ``(S, A)`` of the iterate (the Q-table).
+        ``S`` and ``A`` of the MDP; the iterate's shape unless ``shape`` is given.
     num_agents : int
         ``N``, the number of agents (partition ids ``0 .. N-1``).
     rule : str
@@ -130,6 +133,10 @@ class DASA(QTableStrategy):
     min_available_nodes, wait_timeout
         As in `QTableStrategy`: wait up to ``wait_timeout`` s for that many nodes before the
         first instruction. ``wait_timeout`` also bounds an async tick in which nothing arrives.
+    shape : tuple of int, optional
+        Shape of the iterate and of every operator (default ``(S, A)``; TD: ``(d,)``).
+    task : str, optional
+        The client task of the instructions (default ``q_operator``; TD: ``td_operator``).
     """
 
     task = "q_operator"
@@ -152,6 +159,8 @@ class DASA(QTableStrategy):
         value_bound: float | None = None,
         min_available_nodes: int = 1,
         wait_timeout: float = 600.0,
+        shape: tuple[int, ...] | None = None,
+        task: str | None = None,
     ) -> None:
         super().__init__(
             num_states,
@@ -173,7 +182,14 @@ class DASA(QTableStrategy):
             "execution": execution,
             "tick_s": tick_s,
         }
+        if step_size is None:  # null in the config means "the operator's default": the builder
+            raise ValueError("step_size=None; expected a number > 0")
         validate({"strategy": parameters}, PARAMETER_RULES)  # the config rules, one place
+        self._shape = (num_states, num_actions) if shape is None else tuple(int(n) for n in shape)
+        if not self._shape or min(self._shape) < 1:
+            raise ValueError(f"shape={shape!r}; expected positive dimensions")
+        if task is not None:
+            self.task = str(task)
         self.num_agents = int(num_agents)
         self.rule = rule
         self.step_size = float(step_size)
@@ -187,8 +203,13 @@ class DASA(QTableStrategy):
         self._theta: np.ndarray | None = None
 
     @property
+    def shape(self) -> tuple[int, ...]:
+        """Shape of the iterate ``theta`` and of every operator ``g``."""
+        return self._shape
+
+    @property
     def reply_specs(self) -> list[ArraySpec]:
-        """Replies carry the operator ``g`` (S, A) float64."""
+        """Replies carry the operator ``g`` (the iterate's shape) float64."""
         return [ArraySpec(OPERATOR, self.shape, "float")]
 
     def parameters(self) -> dict[str, object]:
@@ -204,6 +225,8 @@ class DASA(QTableStrategy):
             "max_staleness": self.buffer.max_staleness,
             "norm": self.norm,
             "execution": self.execution,
+            "shape": self.shape,
+            "task": self.task,
         }
 
     # --- messaging --------------------------------------------------------------------------
@@ -362,7 +385,8 @@ class DASA(QTableStrategy):
 #: The strategy's own parameters (also checked by the constructor).
 PARAMETER_RULES = (
     Rule("strategy.rule", one_of(RULES), options(RULES)),
-    Rule("strategy.step_size", positive, "a number > 0"),
+    # null: the operator's default, resolved by the builder (spec.step_size_of).
+    Rule("strategy.step_size", positive, "null or a number > 0", optional=True),
     Rule("strategy.epsilon", non_negative, "a number >= 0"),
     Rule("strategy.batch_size", int_at_least(1), "an integer >= 1"),
     Rule("strategy.max_staleness", int_at_least(0), "an integer >= 0"),
