@@ -17,7 +17,6 @@ This module never imports Hydra or OmegaConf, and loads only the compiled kernel
 
 from __future__ import annotations
 
-import copy
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -61,16 +60,6 @@ from .strategies.protocol import (
 AGENT_STATE = "agent"
 
 
-def _merge(base: dict, extra: Mapping) -> dict:
-    out = copy.deepcopy(base)
-    for key, value in extra.items():
-        if isinstance(value, Mapping) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
-        else:
-            out[key] = value
-    return out
-
-
 def task_settings(config: Mapping[str, Any]) -> tuple[registry.ClientTask, dict, int]:
     """The task, its validated settings and the round of an instruction's ConfigRecord.
 
@@ -108,7 +97,7 @@ def task_settings(config: Mapping[str, Any]) -> tuple[registry.ClientTask, dict,
             + ", ".join(f"{g}.*" for g in TASK_GROUPS)
             + "".join(f", {k}" for k in sorted(task.round_keys))
         )
-    settings = _merge(base, given)
+    settings = defaults.merge(base, given)
     validate(settings, TASK_RULES)
     validate(unflatten(round_values), task.round_rules)
     settings.update(round_values)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import importlib.resources
+from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -37,11 +38,12 @@ def _load(relative: str) -> dict[str, Any]:
     return data
 
 
-def _merge(base: dict, extra: dict) -> dict:
-    out = copy.deepcopy(base)
+def merge(base: Mapping, extra: Mapping) -> dict:
+    """A new nested dict: ``base`` with ``extra``'s keys put over it, recursively."""
+    out = copy.deepcopy(dict(base))
     for key, value in extra.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
+        if isinstance(value, Mapping) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
         else:
             out[key] = copy.deepcopy(value)
     return out
@@ -54,10 +56,10 @@ def _group_option(group: str, option: str) -> dict[str, Any]:
     own_done = False
     for entry in data.pop("defaults", []) or []:
         if entry == "_self_":
-            merged, own_done = _merge(merged, data), True
+            merged, own_done = merge(merged, data), True
         elif isinstance(entry, str):  # another option of the same group
-            merged = _merge(merged, _group_option(group, entry))
-    return merged if own_done else _merge(merged, data)
+            merged = merge(merged, _group_option(group, entry))
+    return merged if own_done else merge(merged, data)
 
 
 def default_choices() -> dict[str, str]:
