@@ -85,7 +85,8 @@ def main(argv: list[str] | None = None) -> int:
         _progress("submitting the run (flwr run)")
         result = fed.run(overrides, args.output_dir)
         final = result.history[-1] if result.history else {}
-        key = "gain_error" if final.get("gain_error") is not None else "q_error"
+        metrics = ("theta_error", "gain_error")
+        key = next((k for k in metrics if final.get(k) is not None), "q_error")
         print(
             f"run finished in {time.perf_counter() - started:.1f} s: {len(result.history)} rounds,"
             f" final {key}={final.get(key)} -> {result.output_dir}"
