@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import warnings
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -43,6 +44,17 @@ def _resolve_env_id(name: str, registry: Any) -> str:
             stacklevel=3,
         )
     return resolved
+
+
+def reward_scale(rewards: Any) -> tuple[float, float]:
+    """``(r_min, span)`` of the affine map ``r' = (r - r_min) / span`` into ``[0, 1]``.
+
+    ``r_min`` and ``r_min + span`` are the extremes of ``rewards`` together with 0 (the
+    absorbing self-loop's raw reward), so a raw 0 maps to ``-r_min / span`` and back.
+    """
+    raw = np.append(np.asarray(rewards, dtype=np.float64), 0.0)
+    r_min, r_max = float(raw.min()), float(raw.max())
+    return r_min, (r_max - r_min if r_max > r_min else 1.0)  # all rewards 0: keep them 0
 
 
 def from_gymnasium(
@@ -119,9 +131,7 @@ def from_gymnasium(
         for a in range(num_actions)
         for prob, nxt, reward, done in table[s][a]
     ]
-    raw = np.array([o[4] for o in outcomes] + [0.0])
-    r_min, r_max = float(raw.min()), float(raw.max())
-    span = r_max - r_min if r_max > r_min else 1.0  # all rewards 0: keep them 0
+    r_min, span = reward_scale([o[4] for o in outcomes])
 
     P = np.zeros((num_states, num_actions, num_states))
     R = np.zeros((num_states, num_actions))
@@ -140,3 +150,27 @@ def from_gymnasium(
     name = f"{env_id.split('-v')[0].lower()}({','.join(options)})"
     return TabularMDP(P, R, gamma, initial, name=name)
 
+
+
+@lru_cache(maxsize=16)
+def space_sizes(name: str, **kwargs: Any) -> tuple[int, int]:
+    """``(num_states, num_actions)`` of a Gymnasium toy-text environment, its table unbuilt.
+
+    What :func:`from_gymnasium` would build, read from the environment's discrete spaces
+    (a few milliseconds after Gymnasium's import), for checking a config before a run.
+    """
+    import gymnasium
+
+    env = gymnasium.make(_resolve_env_id(name, gymnasium.registry), **kwargs)
+    try:
+        base = env.unwrapped
+        return int(base.observation_space.n), int(base.action_space.n)
+    finally:
+        env.close()
+
+
+def frozenlake_maps() -> tuple[str, ...]:
+    """The FrozenLake map names (``mdp.map_name``) of the installed Gymnasium."""
+    from gymnasium.envs.toy_text.frozen_lake import MAPS
+
+    return tuple(MAPS)

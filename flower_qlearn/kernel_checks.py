@@ -82,3 +82,35 @@ def cdf(cdf: np.ndarray, name: str, shape: tuple[int, ...]) -> np.ndarray:
     return cdf
 
 
+
+
+def next_state_table(p_table, shape: tuple[int, int]):
+    """A :class:`~flower_qlearn.samplers.NextStateTable` for ``(S, A) = shape``.
+
+    Accepts the table itself or a dense ``(S, A, S)`` cumulative table (checked as
+    :func:`cdf`, then converted exactly).
+    """
+    from flower_qlearn.samplers import NextStateTable, as_next_state_table
+
+    if isinstance(p_table, NextStateTable):
+        if p_table.next.shape[:2] != shape or p_table.value.shape != p_table.next.shape:
+            raise ValueError(
+                f"p_cdf is a table of shape {p_table.next.shape[:2]}, expected {shape}"
+            )
+        return p_table
+    return as_next_state_table(cdf(p_table, "p_cdf", (*shape, shape[0])))
+
+
+def action_table(pi_table, shape: tuple[int, int], kind: int):
+    """An :class:`~flower_qlearn.samplers.ActionTable` of ``kind`` for ``(S, A) = shape``."""
+    from flower_qlearn.samplers import ActionTable, as_action_table
+
+    if isinstance(pi_table, ActionTable):
+        if pi_table.value.shape != shape:
+            raise ValueError(f"pi_cdf has shape {pi_table.value.shape}, expected {shape}")
+        table = pi_table
+    else:
+        table = as_action_table(cdf(pi_table, "pi_cdf", shape))
+    if table.kind != kind:
+        raise ValueError("p_cdf and pi_cdf must come from the same client.sampler")
+    return table

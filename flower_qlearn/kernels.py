@@ -24,7 +24,8 @@ from numba import njit
 # helpers in sampling.py, delete flower_qlearn/__pycache__/kernels.*.nb[ic] or these kernels
 # keep running the old helpers.
 from flower_qlearn import kernel_checks as check
-from flower_qlearn.sampling import draw_next_states, markov_step
+from flower_qlearn.samplers import SAMPLER_ALIAS, SAMPLER_CDF, markov_step
+from flower_qlearn.sampling import draw_next_states
 
 __all__ = [
     "CHUNK_SIZE",
@@ -84,21 +85,62 @@ def async_q_steps(
     reward: np.ndarray,
     gamma: float,
     learning_rate: float,
-    p_cdf: np.ndarray,
-    pi_cdf: np.ndarray,
+    kind: int,
+    p_next: np.ndarray,
+    p_value: np.ndarray,
+    p_alias: np.ndarray,
+    pi_value: np.ndarray,
+    pi_alias: np.ndarray,
     state: int,
     uniforms: np.ndarray,
 ) -> int:
     """Asynchronous Q-learning along a Markov trajectory, in place (ALGORITHMS.md section 2).
 
-    Step ``t`` from ``s``: ``a ~ pi_cdf[s]`` with ``uniforms[t, 0]``, ``s' ~ p_cdf[s, a]`` with
-    ``uniforms[t, 1]``; ``q[s, a] <- (1 - lr) q[s, a] + lr (reward[s, a] + gamma max_b q[s', b])``
-    and ``counts[s, a] += 1``. Returns the state after the last step.
+    Step ``t`` from ``s``: ``a ~ pi(. | s)`` with ``uniforms[t, 0]``, ``s' ~ P(. | s, a)`` with
+    ``uniforms[t, 1]`` (:func:`~flower_qlearn.samplers.markov_step` on the fields of a
+    :class:`~flower_qlearn.samplers.NextStateTable` and an
+    :class:`~flower_qlearn.samplers.ActionTable` of the same ``kind``);
+    ``q[s, a] <- (1 - lr) q[s, a] + lr (reward[s, a] + gamma max_b q[s', b])`` and
+    ``counts[s, a] += 1``. Returns the state after the last step.
+
+    ``kind`` is tested once, outside the loop: each branch inlines the loop with a constant
+    sampler, so the compiler drops the other sampler's code (a per-step test cost 2x).
     """
+    if kind == SAMPLER_CDF:
+        return _async_loop(
+            q, counts, reward, gamma, learning_rate, SAMPLER_CDF, p_next, p_value, p_alias,
+            pi_value, pi_alias, state, uniforms,
+        )
+    return _async_loop(
+        q, counts, reward, gamma, learning_rate, SAMPLER_ALIAS, p_next, p_value, p_alias,
+        pi_value, pi_alias, state, uniforms,
+    )
+
+
+@njit(cache=True, inline="always")
+def _async_loop(
+    q: np.ndarray,
+    counts: np.ndarray,
+    reward: np.ndarray,
+    gamma: float,
+    learning_rate: float,
+    kind: int,
+    p_next: np.ndarray,
+    p_value: np.ndarray,
+    p_alias: np.ndarray,
+    pi_value: np.ndarray,
+    pi_alias: np.ndarray,
+    state: int,
+    uniforms: np.ndarray,
+) -> int:
+    """The loop of :func:`async_q_steps` (inlined there with a constant ``kind``)."""
     num_actions = q.shape[1]
     keep = 1.0 - learning_rate
     for t in range(uniforms.shape[0]):
-        action, next_state = markov_step(p_cdf, pi_cdf, state, uniforms[t, 0], uniforms[t, 1])
+        action, next_state = markov_step(
+            kind, p_next, p_value, p_alias, pi_value, pi_alias, state, uniforms[t, 0],
+            uniforms[t, 1],
+        )
         best = q[next_state, 0]
         for b in range(1, num_actions):
             if q[next_state, b] > best:
@@ -142,8 +184,12 @@ def _q_operator_sum(
     theta: np.ndarray,
     reward: np.ndarray,
     gamma: float,
-    p_cdf: np.ndarray,
-    pi_cdf: np.ndarray,
+    kind: int,
+    p_next: np.ndarray,
+    p_value: np.ndarray,
+    p_alias: np.ndarray,
+    pi_value: np.ndarray,
+    pi_alias: np.ndarray,
     state: int,
     uniforms: np.ndarray,
     total: np.ndarray,
@@ -151,11 +197,42 @@ def _q_operator_sum(
     """Add the TD errors of ``len(uniforms)`` chain transitions into ``total``; return the state.
 
     Kept separate from the division by ``B`` so the driver can accumulate over chunks and get
-    bit-identical sums whatever the chunk size.
+    bit-identical sums whatever the chunk size. ``kind`` is tested once (see
+    :func:`async_q_steps`).
     """
+    if kind == SAMPLER_CDF:
+        return _q_operator_loop(
+            theta, reward, gamma, SAMPLER_CDF, p_next, p_value, p_alias, pi_value, pi_alias,
+            state, uniforms, total,
+        )
+    return _q_operator_loop(
+        theta, reward, gamma, SAMPLER_ALIAS, p_next, p_value, p_alias, pi_value, pi_alias,
+        state, uniforms, total,
+    )
+
+
+@njit(cache=True, inline="always")
+def _q_operator_loop(
+    theta: np.ndarray,
+    reward: np.ndarray,
+    gamma: float,
+    kind: int,
+    p_next: np.ndarray,
+    p_value: np.ndarray,
+    p_alias: np.ndarray,
+    pi_value: np.ndarray,
+    pi_alias: np.ndarray,
+    state: int,
+    uniforms: np.ndarray,
+    total: np.ndarray,
+) -> int:
+    """The loop of :func:`_q_operator_sum` (inlined there with a constant ``kind``)."""
     num_actions = theta.shape[1]
     for t in range(uniforms.shape[0]):
-        action, next_state = markov_step(p_cdf, pi_cdf, state, uniforms[t, 0], uniforms[t, 1])
+        action, next_state = markov_step(
+            kind, p_next, p_value, p_alias, pi_value, pi_alias, state, uniforms[t, 0],
+            uniforms[t, 1],
+        )
         best = theta[next_state, 0]
         for b in range(1, num_actions):
             if theta[next_state, b] > best:
@@ -170,8 +247,12 @@ def q_operator_batch(
     theta: np.ndarray,
     reward: np.ndarray,
     gamma: float,
-    p_cdf: np.ndarray,
-    pi_cdf: np.ndarray,
+    kind: int,
+    p_next: np.ndarray,
+    p_value: np.ndarray,
+    p_alias: np.ndarray,
+    pi_value: np.ndarray,
+    pi_alias: np.ndarray,
     state: int,
     uniforms: np.ndarray,
 ):
@@ -182,7 +263,10 @@ def q_operator_batch(
     - theta(s_j, a_j))``. ``theta`` is not modified. Returns ``(g, final_state)``.
     """
     total = np.zeros(theta.shape)
-    state = _q_operator_sum(theta, reward, gamma, p_cdf, pi_cdf, state, uniforms, total)
+    state = _q_operator_sum(
+        theta, reward, gamma, kind, p_next, p_value, p_alias, pi_value, pi_alias, state,
+        uniforms, total,
+    )
     if uniforms.shape[0] > 0:
         total /= uniforms.shape[0]
     return total, state
@@ -219,8 +303,9 @@ def run_sync_q(
         Discount in ``[0, 1)``.
     learning_rate : float
         Constant step size in ``(0, 1]``.
-    p_cdf : np.ndarray
-        ``(S, A, S)`` cumulative transition table (``sampling.cumulative(P)``).
+    p_cdf : NextStateTable or np.ndarray
+        Sampling table of ``P`` (``AgentEnv.p_cdf``: ``cdf`` or ``alias``), or a dense
+        ``(S, A, S)`` cumulative table (``sampling.cumulative(P)``; same draws as ``cdf``).
     num_steps : int
         Number of synchronous steps (each draws ``S * A`` next states).
     rng : np.random.Generator
@@ -229,14 +314,14 @@ def run_sync_q(
     shape = check.q_shape(q, "q")
     check.in_place(q, "q", shape, np.float64)
     reward = check.read_only(reward, "reward", shape)
-    p_cdf = check.cdf(p_cdf, "p_cdf", (*shape, shape[0]))
+    p_table = check.next_state_table(p_cdf, shape)
     gamma = check.gamma(gamma)
     learning_rate = check.learning_rate(learning_rate)
     remaining = check.count(num_steps, "num_steps")
     chunk = _steps_per_chunk(shape[0] * shape[1])
     while remaining > 0:
         steps = min(chunk, remaining)
-        sync_q_steps(q, reward, gamma, learning_rate, draw_next_states(p_cdf, rng, steps))
+        sync_q_steps(q, reward, gamma, learning_rate, draw_next_states(p_table, rng, steps))
         remaining -= steps
 
 
@@ -269,10 +354,12 @@ def run_async_q(
         Discount in ``[0, 1)``.
     learning_rate : float
         Constant step size in ``(0, 1]``.
-    p_cdf : np.ndarray
-        ``(S, A, S)`` cumulative transition table.
-    pi_cdf : np.ndarray
-        ``(S, A)`` cumulative behavior policy (``sampling.cumulative(policy)``).
+    p_cdf : NextStateTable or np.ndarray
+        Sampling table of ``P`` (``AgentEnv.p_cdf``: ``cdf`` or ``alias``), or a dense
+        ``(S, A, S)`` cumulative table (``sampling.cumulative(P)``; same draws as ``cdf``).
+    pi_cdf : ActionTable or np.ndarray
+        Sampling table of the behavior policy (``AgentEnv.pi_cdf``, same sampler as
+        ``p_cdf``) or a dense ``(S, A)`` cumulative policy (``sampling.cumulative(policy)``).
     state : int
         Current state of the trajectory.
     num_steps : int
@@ -289,8 +376,8 @@ def run_async_q(
     check.in_place(q, "q", shape, np.float64)
     check.in_place(counts, "counts", shape, np.int64)
     reward = check.read_only(reward, "reward", shape)
-    p_cdf = check.cdf(p_cdf, "p_cdf", (*shape, shape[0]))
-    pi_cdf = check.cdf(pi_cdf, "pi_cdf", shape)
+    p = check.next_state_table(p_cdf, shape)
+    pi = check.action_table(pi_cdf, shape, p.kind)
     gamma = check.gamma(gamma)
     learning_rate = check.learning_rate(learning_rate)
     state = check.state(state, shape[0])
@@ -300,7 +387,8 @@ def run_async_q(
         steps = min(chunk, remaining)
         uniforms = rng.random((steps, 2))
         state = async_q_steps(
-            q, counts, reward, gamma, learning_rate, p_cdf, pi_cdf, state, uniforms
+            q, counts, reward, gamma, learning_rate, p.kind, p.next, p.value, p.alias,
+            pi.value, pi.alias, state, uniforms,
         )
         remaining -= steps
     return int(state)
@@ -329,8 +417,9 @@ def run_average_reward(
         ``(S,)`` global value ``Vbar`` of the last communication.
     step_sizes : np.ndarray
         ``(T,)`` step sizes ``eta_t`` in ``(0, 1]``, one per step.
-    p_cdf : np.ndarray
-        ``(S, A, S)`` cumulative transition table.
+    p_cdf : NextStateTable or np.ndarray
+        Sampling table of ``P`` (``AgentEnv.p_cdf``: ``cdf`` or ``alias``), or a dense
+        ``(S, A, S)`` cumulative table (``sampling.cumulative(P)``; same draws as ``cdf``).
     rng : np.random.Generator
         Source of randomness (drawn as by ``GenerativeModel.sample``).
     """
@@ -338,7 +427,7 @@ def run_average_reward(
     check.in_place(q, "q", shape, np.float64)
     reward = check.read_only(reward, "reward", shape)
     v_frozen = check.read_only(v_frozen, "v_frozen", (shape[0],))
-    p_cdf = check.cdf(p_cdf, "p_cdf", (*shape, shape[0]))
+    p_table = check.next_state_table(p_cdf, shape)
     gamma = check.gamma(gamma)
     step_sizes = np.ascontiguousarray(step_sizes, dtype=np.float64)
     if step_sizes.ndim != 1:
@@ -348,7 +437,7 @@ def run_average_reward(
     chunk = _steps_per_chunk(shape[0] * shape[1])
     for start in range(0, step_sizes.shape[0], chunk):
         etas = step_sizes[start : start + chunk]
-        next_states = draw_next_states(p_cdf, rng, etas.shape[0])
+        next_states = draw_next_states(p_table, rng, etas.shape[0])
         average_reward_steps(q, reward, gamma, v_frozen, etas, next_states)
 
 
@@ -373,8 +462,12 @@ def run_q_operator(
         ``(S, A)`` rewards.
     gamma : float
         Discount in ``[0, 1)``.
-    p_cdf, pi_cdf : np.ndarray
-        Cumulative transition table ``(S, A, S)`` and behavior policy ``(S, A)``.
+    p_cdf : NextStateTable or np.ndarray
+        Sampling table of ``P`` (``AgentEnv.p_cdf``: ``cdf`` or ``alias``), or a dense
+        ``(S, A, S)`` cumulative table (``sampling.cumulative(P)``; same draws as ``cdf``).
+    pi_cdf : ActionTable or np.ndarray
+        Sampling table of the behavior policy (``AgentEnv.pi_cdf``, same sampler as
+        ``p_cdf``) or a dense ``(S, A)`` cumulative policy (``sampling.cumulative(policy)``).
     state : int
         Current state of the agent's chain.
     batch_size : int
@@ -394,8 +487,8 @@ def run_q_operator(
     if theta_in.shape not in (shape, (shape[0] * shape[1],)):
         raise ValueError(f"theta must have shape {shape} or ({shape[0] * shape[1]},)")
     theta_2d = check.read_only(theta_in.reshape(shape), "theta", shape)
-    p_cdf = check.cdf(p_cdf, "p_cdf", (*shape, shape[0]))
-    pi_cdf = check.cdf(pi_cdf, "pi_cdf", shape)
+    p = check.next_state_table(p_cdf, shape)
+    pi = check.action_table(pi_cdf, shape, p.kind)
     gamma = check.gamma(gamma)
     state = check.state(state, shape[0])
     batch_size = check.count(batch_size, "batch_size", minimum=1)
@@ -403,7 +496,10 @@ def run_q_operator(
     chunk = _steps_per_chunk(2)
     for start in range(0, batch_size, chunk):
         uniforms = rng.random((min(chunk, batch_size - start), 2))
-        state = _q_operator_sum(theta_2d, reward, gamma, p_cdf, pi_cdf, state, uniforms, total)
+        state = _q_operator_sum(
+            theta_2d, reward, gamma, p.kind, p.next, p.value, p.alias, pi.value, pi.alias,
+            state, uniforms, total,
+        )
     total /= batch_size
     return total.reshape(theta_in.shape), int(state)
 
@@ -424,4 +520,15 @@ def warmup() -> None:
     run_async_q(q, counts, reward, 0.5, 0.5, p_cdf, pi_cdf, 0, 1, rng)
     run_average_reward(q, reward, 0.5, np.zeros(2), np.array([0.5]), p_cdf, rng)
     run_q_operator(q, reward, 0.5, p_cdf, pi_cdf, 0, 1, rng)
-    q_operator_batch(q, reward, 0.5, p_cdf, pi_cdf, 0, rng.random((1, 2)))
+    p, pi = check.next_state_table(p_cdf, (2, 2)), check.action_table(pi_cdf, (2, 2), 0)
+    q_operator_batch(
+        q, reward, 0.5, p.kind, p.next, p.value, p.alias, pi.value, pi.alias, 0,
+        rng.random((1, 2)),
+    )
+    # the alias sampler's specializations (same array types: compiled once, but warm them)
+    from flower_qlearn.samplers import action_table, next_state_table
+    from flower_qlearn.transitions import Transitions
+
+    p_alias = next_state_table(Transitions.from_dense(P), "alias")
+    pi_alias = action_table(np.full((2, 2), 0.5), "alias")
+    run_async_q(q, counts, reward, 0.5, 0.5, p_alias, pi_alias, 0, 1, rng)

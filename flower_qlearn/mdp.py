@@ -9,12 +9,14 @@ federated agents. The module depends on NumPy only (Gymnasium is imported lazily
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from .transitions import Transitions
+
 __all__ = [
+    "GARNET_SUCCESSORS",
     "MDP_NAMES",
     "TabularMDP",
     "from_gymnasium",  # noqa: F822 - provided by __getattr__ (flower_qlearn.gym_mdp)
@@ -63,18 +65,30 @@ def _check_distribution(array: np.ndarray, field_name: str) -> None:
         )
 
 
-@dataclass(frozen=True, eq=False, repr=False)
+def _check_sparse_rows(transitions: Transitions) -> None:
+    """Row sums of sparse successor lists, with the dense check's message."""
+    sums = transitions.row_sums()
+    off = np.argwhere(np.abs(sums - 1.0) > _TOL)
+    if off.size:
+        index = tuple(int(i) for i in off[0])
+        raise ValueError(f"P{list(index)} sums to {sums[index]:.12g}, expected 1 (tol 1e-9)")
+
+
 class TabularMDP:
-    """A finite discounted MDP with dense arrays, validated once at construction.
+    """A finite discounted MDP, validated once at construction.
 
     Immutable on purpose: one instance is shared by the server's evaluation and by every
-    client, so the arrays are stored as read-only float64 copies.
+    client, so the arrays are stored as read-only float64 copies. The transition kernel is
+    kept as sparse successor lists (:attr:`transitions`, what samplers and large-MDP solvers
+    use); the dense :attr:`P` is built on first access (and refused beyond
+    :data:`~flower_qlearn.transitions.DENSE_LIMIT` entries) unless it was given dense.
 
     Parameters
     ----------
-    P : np.ndarray
-        Transition kernel, shape ``(S, A, S)``; ``P[s, a, s']`` is ``P(s' | s, a)``. Each row
-        ``P[s, a]`` must be a distribution (non-negative, finite, sums to 1 within 1e-9).
+    P : np.ndarray or Transitions
+        Transition kernel, dense ``(S, A, S)`` with ``P[s, a, s'] = P(s' | s, a)``, or sparse
+        :class:`~flower_qlearn.transitions.Transitions`. Each row must be a distribution
+        (non-negative, finite, sums to 1 within 1e-9).
     R : np.ndarray
         Expected one-step rewards, shape ``(S, A)``, finite and in ``[0, 1]``.
     gamma : float
@@ -94,19 +108,33 @@ class TabularMDP:
     Equality compares all fields, arrays element-wise; instances are not hashable.
     """
 
-    P: np.ndarray
-    R: np.ndarray
-    gamma: float
-    initial: np.ndarray
-    name: str = field(default="mdp")
+    __slots__ = ("R", "gamma", "initial", "name", "transitions", "_dense")
 
-    def __post_init__(self) -> None:
-        P = _frozen_float_array(self.P, "P")
-        R = _frozen_float_array(self.R, "R")
-        initial = _frozen_float_array(self.initial, "initial")
-        if P.ndim != 3 or P.shape[0] != P.shape[2] or P.shape[0] == 0 or P.shape[1] == 0:
-            raise ValueError(f"P must have shape (S, A, S) with S, A >= 1, got shape {P.shape}")
-        num_states, num_actions = P.shape[:2]
+    def __init__(
+        self,
+        P: np.ndarray | Transitions,
+        R: np.ndarray,
+        gamma: float,
+        initial: np.ndarray,
+        name: str = "mdp",
+    ) -> None:
+        if isinstance(P, Transitions):
+            transitions, dense = P, None
+            num_states, num_actions = P.num_states, P.num_actions
+        else:
+            dense = _frozen_float_array(P, "P")
+            if (
+                dense.ndim != 3
+                or dense.shape[0] != dense.shape[2]
+                or dense.shape[0] == 0
+                or dense.shape[1] == 0
+            ):
+                raise ValueError(
+                    f"P must have shape (S, A, S) with S, A >= 1, got shape {dense.shape}"
+                )
+            num_states, num_actions = dense.shape[:2]
+        R = _frozen_float_array(R, "R")
+        initial = _frozen_float_array(initial, "initial")
         if R.shape != (num_states, num_actions):
             raise ValueError(
                 f"R must have shape (S, A) = {(num_states, num_actions)} to match P, "
@@ -117,7 +145,11 @@ class TabularMDP:
                 f"initial must have shape (S,) = ({num_states},) to match P, got shape "
                 f"{initial.shape}"
             )
-        _check_distribution(P, "P")
+        if dense is not None:
+            _check_distribution(dense, "P")
+            transitions = Transitions.from_dense(dense)
+        else:
+            _check_sparse_rows(transitions)
         _check_finite(R, "R")
         outside = np.argwhere((R < 0) | (R > 1))
         if outside.size:
@@ -125,31 +157,49 @@ class TabularMDP:
             raise ValueError(f"R{list(index)} = {R[index]:.6g} is outside [0, 1]")
         _check_distribution(initial, "initial")
         try:
-            gamma = float(self.gamma)
+            gamma = float(gamma)
         except (TypeError, ValueError) as exc:
-            raise ValueError(f"gamma must be a number, got {self.gamma!r}") from exc
+            raise ValueError(f"gamma must be a number, got {gamma!r}") from exc
         if not 0.0 <= gamma < 1.0:  # also rejects NaN
             raise ValueError(f"gamma = {gamma!r} must satisfy 0 <= gamma < 1")
-        # Frozen dataclass: object.__setattr__ is the sanctioned way to normalize fields.
-        object.__setattr__(self, "P", P)
-        object.__setattr__(self, "R", R)
-        object.__setattr__(self, "initial", initial)
-        object.__setattr__(self, "gamma", gamma)
-        object.__setattr__(self, "name", str(self.name))
+        for key, value in (
+            ("transitions", transitions),
+            ("_dense", dense),
+            ("R", R),
+            ("initial", initial),
+            ("gamma", gamma),
+            ("name", str(name)),
+        ):
+            object.__setattr__(self, key, value)
+
+    def __setattr__(self, key: str, value: Any) -> None:
+        raise AttributeError(f"TabularMDP is immutable: cannot set {key!r}")
+
+    @property
+    def P(self) -> np.ndarray:
+        """Dense ``(S, A, S)`` kernel, read-only; built from :attr:`transitions` on first use."""
+        if self._dense is None:
+            dense = self.transitions.to_dense()
+            dense.flags.writeable = False
+            object.__setattr__(self, "_dense", dense)
+        return self._dense
 
     @property
     def num_states(self) -> int:
         """Number of states ``S``."""
-        return int(self.P.shape[0])
+        return self.transitions.num_states
 
     @property
     def num_actions(self) -> int:
         """Number of actions ``A``."""
-        return int(self.P.shape[1])
+        return self.transitions.num_actions
 
     def with_gamma(self, gamma: float) -> TabularMDP:
-        """Return the same MDP with another discount (the average-reward schedule needs many)."""
-        return TabularMDP(self.P, self.R, gamma, self.initial, self.name)
+        """Return the same MDP with another discount (the average-reward schedule needs many).
+
+        The transition lists (and their cached cumulative tables) are shared, not copied.
+        """
+        return TabularMDP(self.transitions, self.R, gamma, self.initial, self.name)
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, TabularMDP):
@@ -157,12 +207,15 @@ class TabularMDP:
         return (
             self.name == other.name
             and self.gamma == other.gamma
-            and np.array_equal(self.P, other.P)
+            and self.transitions.same_as(other.transitions)
             and np.array_equal(self.R, other.R)
             and np.array_equal(self.initial, other.initial)
         )
 
     __hash__ = None  # type: ignore[assignment]  # mutable-looking arrays: like ndarray, no hash
+
+    def __reduce__(self):
+        return (TabularMDP, (self.transitions, self.R, self.gamma, self.initial, self.name))
 
     def __repr__(self) -> str:
         return (
@@ -201,15 +254,75 @@ def two_state(num_actions: int = 10, gamma: float = 0.9, seed: int = 0) -> Tabul
     return TabularMDP(P, R, gamma, np.full(2, 0.5), name=f"two_state(A={num_actions},seed={seed})")
 
 
+#: How :func:`garnet` draws each ``(s, a)``'s successors (config ``mdp.successors``):
+#: ``argsort`` = the head of a random permutation from ``S`` i.i.d. keys (the original
+#: construction, ``O(S^2 A)`` time, kept for its random stream); ``floyd`` = Floyd's
+#: sampling of ``b`` distinct states from ``b`` integers (``O(S A b)``, for large ``S``).
+GARNET_SUCCESSORS = ("argsort", "floyd")
+
+# Keys drawn per chunk of the argsort construction (64 MB of float64).
+_KEY_CHUNK = 1 << 23
+
+
+def _argsort_successors(
+    rng: np.random.Generator, num_states: int, num_actions: int, branching: int
+) -> np.ndarray:
+    """Heads ``argsort(keys)[..., :b]`` of ``keys = rng.random((S, A, S))``, drawn in chunks.
+
+    Same stream and same result as the dense ``np.argsort`` (Generator streams concatenate;
+    the ``b`` smallest of distinct keys have one order). A row whose ``b + 1`` smallest keys
+    hold a tie is sorted in full by ``np.argsort``, exactly as the dense construction did.
+    """
+    rows_per_chunk = max(1, _KEY_CHUNK // (num_actions * num_states))
+    heads = np.empty((num_states, num_actions, branching), dtype=np.int64)
+    for start in range(0, num_states, rows_per_chunk):
+        stop = min(num_states, start + rows_per_chunk)
+        keys = rng.random((stop - start, num_actions, num_states))
+        if branching == num_states:
+            heads[start:stop] = np.argsort(keys, axis=-1)
+            continue
+        part = np.argpartition(keys, branching, axis=-1)[..., : branching + 1]
+        head_keys = np.take_along_axis(keys, part, axis=-1)
+        order = np.argsort(head_keys, axis=-1)
+        part = np.take_along_axis(part, order, axis=-1)
+        sorted_keys = np.take_along_axis(head_keys, order, axis=-1)
+        heads[start:stop] = part[..., :branching]
+        for i, a in np.argwhere(np.any(np.diff(sorted_keys, axis=-1) == 0, axis=-1)):
+            heads[start + i, a] = np.argsort(keys[i, a])[:branching]
+    return heads
+
+
+def _floyd_successors(
+    rng: np.random.Generator, num_states: int, num_actions: int, branching: int
+) -> np.ndarray:
+    """``b`` distinct uniform successors per ``(s, a)`` by Floyd's algorithm, vectorized.
+
+    For ``j = S - b, ..., S - 1``: draw ``t`` uniform in ``[0, j]``; take ``t`` unless already
+    taken, else ``j``. The resulting set is a uniform ``b``-subset (Bentley & Floyd, CACM 1987).
+    """
+    rows = num_states * num_actions
+    chosen = np.empty((rows, branching), dtype=np.int64)
+    for i, j in enumerate(range(num_states - branching, num_states)):
+        t = rng.integers(0, j + 1, size=rows)
+        taken = np.any(chosen[:, :i] == t[:, None], axis=1)
+        chosen[:, i] = np.where(taken, j, t)
+    return chosen.reshape(num_states, num_actions, branching)
+
+
 def garnet(
-    num_states: int, num_actions: int, branching: int, gamma: float = 0.9, seed: int = 0
+    num_states: int,
+    num_actions: int,
+    branching: int,
+    gamma: float = 0.9,
+    seed: int = 0,
+    successors: str = "argsort",
 ) -> TabularMDP:
     """Random Garnet MDP (Archibald, McKinnon, Thomas 1995; Bhatnagar et al. 2009).
 
     Every ``(s, a)`` has ``branching`` distinct successors drawn uniformly without replacement;
     their probabilities are the gaps between ``branching - 1`` sorted ``U[0, 1]`` cut points
     (a uniform draw from the simplex). Rewards ``R(s, a) ~ U[0, 1]``; the initial distribution
-    is uniform. Deterministic for a given ``seed``.
+    is uniform. Deterministic for a given ``seed``. Stored sparse (``16 S A b`` bytes).
 
     Parameters
     ----------
@@ -221,6 +334,10 @@ def garnet(
         Discount factor.
     seed : int
         Seed of ``np.random.default_rng``.
+    successors : {"argsort", "floyd"}
+        How successor sets are drawn, see :data:`GARNET_SUCCESSORS`. Both give the same
+        distribution over MDPs; ``argsort`` keeps the original random stream (every
+        published number) but costs ``O(S^2 A)`` time, ``floyd`` scales to ``S = 10^5``.
     """
     if num_states < 1 or num_actions < 1:
         raise ValueError(
@@ -228,20 +345,22 @@ def garnet(
         )
     if not 1 <= branching <= num_states:
         raise ValueError(f"branching must be in [1, num_states={num_states}], got {branching}")
+    if successors not in GARNET_SUCCESSORS:
+        raise ValueError(f"successors must be one of {GARNET_SUCCESSORS}, got {successors!r}")
     rng = np.random.default_rng(seed)
-    # Argsort of i.i.d. keys is a uniform random permutation; its head is a uniform subset.
-    successors = np.argsort(rng.random((num_states, num_actions, num_states)), axis=-1)
-    successors = successors[..., :branching]
-    cuts = np.sort(rng.random((num_states, num_actions, branching - 1)), axis=-1)
-    edges = np.concatenate(
-        [np.zeros((num_states, num_actions, 1)), cuts, np.ones((num_states, num_actions, 1))],
-        axis=-1,
-    )
-    P = np.zeros((num_states, num_actions, num_states))
-    np.put_along_axis(P, successors, np.diff(edges, axis=-1), axis=-1)
+    draw = _argsort_successors if successors == "argsort" else _floyd_successors
+    heads = draw(rng, num_states, num_actions, branching)
+    cuts = rng.random((num_states, num_actions, branching - 1))
+    cuts.sort(axis=-1)
+    gaps = np.diff(cuts, axis=-1, prepend=0.0, append=1.0)
+    del cuts
+    transitions = Transitions.from_successors(heads, gaps, num_states)
+    del heads, gaps
     R = rng.random((num_states, num_actions))
     name = f"garnet(S={num_states},A={num_actions},b={branching},seed={seed})"
-    return TabularMDP(P, R, gamma, np.full(num_states, 1.0 / num_states), name=name)
+    if successors != "argsort":
+        name = f"{name[:-1]},{successors})"
+    return TabularMDP(transitions, R, gamma, np.full(num_states, 1.0 / num_states), name=name)
 
 
 def riverswim(num_states: int = 6, gamma: float = 0.9) -> TabularMDP:
@@ -270,13 +389,16 @@ def riverswim(num_states: int = 6, gamma: float = 0.9) -> TabularMDP:
         raise ValueError(f"num_states must be >= 2 for RiverSwim, got {num_states}")
     left, right = 0, 1
     last = num_states - 1
-    P = np.zeros((num_states, 2, num_states))
-    for s in range(num_states):
-        P[s, left, max(s - 1, 0)] = 1.0
-    P[0, right, 0], P[0, right, 1] = 0.4, 0.6
-    for s in range(1, last):
-        P[s, right, s - 1], P[s, right, s], P[s, right, s + 1] = 0.05, 0.6, 0.35
-    P[last, right, last - 1], P[last, right, last] = 0.4, 0.6
+    states = np.arange(num_states)
+    nxt = np.empty((num_states, 2, 3), dtype=np.int64)
+    prob = np.zeros((num_states, 2, 3))
+    nxt[:, left] = np.maximum(states - 1, 0)[:, None]  # one successor, padded with itself
+    prob[:, left, 0] = 1.0
+    nxt[:, right] = np.clip(states[:, None] + np.array([-1, 0, 1]), 0, last)
+    prob[:, right] = (0.05, 0.6, 0.35)
+    nxt[0, right], prob[0, right] = (0, 1, 1), (0.4, 0.6, 0.0)
+    nxt[last, right], prob[last, right] = (last - 1, last, last), (0.4, 0.6, 0.0)
+    P = Transitions(nxt, prob, num_states)
     raw = np.zeros((num_states, 2))
     raw[0, left] = 5.0 / 1000.0
     raw[last, right] = 1.0
@@ -317,10 +439,14 @@ def perturb(mdp: TabularMDP, level: float, seed: int) -> TabularMDP:
     P = (1.0 - level) * mdp.P + level * noise
     P /= P.sum(axis=-1, keepdims=True)  # remove rounding drift
     R = np.clip(mdp.R + level * rng.uniform(-0.5, 0.5, size=mdp.R.shape), 0.0, 1.0)
-    return TabularMDP(P, R, mdp.gamma, mdp.initial, name=f"{mdp.name}~{level:g}#{seed}")
+    # Handed over as successor lists: the agent keeps no dense copy unless mdp.P is read.
+    _check_distribution(P, "P")
+    transitions = Transitions.from_dense(P)
+    del P
+    return TabularMDP(transitions, R, mdp.gamma, mdp.initial, name=f"{mdp.name}~{level:g}#{seed}")
 
 
-MDP_NAMES = ("two_state", "garnet", "riverswim", "frozenlake", "taxi", "cliffwalking")
+MDP_NAMES = ("two_state", "garnet", "riverswim", "frozenlake", "taxi", "cliffwalking", "maze")
 
 # Unversioned ids: _resolve_env_id picks the newest version installed.
 _GYM_IDS = {"frozenlake": "FrozenLake", "taxi": "Taxi", "cliffwalking": "CliffWalking"}
@@ -342,6 +468,9 @@ def make_mdp(
     terminal: str = "absorbing",
     map_name: str = "4x4",
     is_slippery: bool = True,
+    wall_density: float = 0.2,
+    slip: float = 0.1,
+    successors: str = "argsort",
 ) -> TabularMDP:
     """Build an MDP by its config name; the single entry point of the config layer.
 
@@ -358,6 +487,8 @@ def make_mdp(
         sizes) are checked when given: a mismatch raises ``ValueError`` stating the real size.
     branching : int
         Garnet successors per state-action pair.
+    successors : {"argsort", "floyd"}
+        Garnet only: how successor sets are drawn (:data:`GARNET_SUCCESSORS`).
     seed : int
         Seed of the random constructions (``two_state``, ``garnet``); the others are
         deterministic and ignore it.
@@ -367,6 +498,8 @@ def make_mdp(
         FrozenLake map (``"4x4"`` or ``"8x8"``).
     is_slippery : bool
         FrozenLake only; Taxi and CliffWalking keep their deterministic defaults.
+    wall_density, slip : float
+        ``maze`` only (:func:`flower_qlearn.mazes.random_maze`, ``num_states = n^2``, 4 actions).
     """
     if name == "two_state":
         _check_size(name, "num_states", num_states, 2)
@@ -374,7 +507,15 @@ def make_mdp(
     if name == "garnet":
         if num_states is None or num_actions is None:
             raise ValueError("garnet needs num_states and num_actions")
-        return garnet(int(num_states), int(num_actions), int(branching), gamma, seed)
+        return garnet(
+            int(num_states), int(num_actions), int(branching), gamma, seed, str(successors)
+        )
+    if name == "maze":
+        from .mazes import ACTIONS, random_maze
+
+        _check_size(name, "num_actions", num_actions, len(ACTIONS))
+        size = 25 if num_states is None else int(num_states)
+        return random_maze(size, float(wall_density), float(slip), gamma, seed)
     if name == "riverswim":
         _check_size(name, "num_actions", num_actions, 2)
         return riverswim(6 if num_states is None else int(num_states), gamma)
@@ -389,6 +530,31 @@ def make_mdp(
         _check_size(name, "num_actions", num_actions, mdp.num_actions)
         return mdp
     raise ValueError(f"unknown MDP name {name!r}; expected one of {MDP_NAMES}")
+
+
+def fixed_sizes(
+    name: str, *, map_name: str = "4x4", is_slippery: bool = True
+) -> tuple[int | None, int | None]:
+    """``(num_states, num_actions)`` that the construction of MDP ``name`` fixes (None: free).
+
+    The sizes :func:`make_mdp` checks after building, known before building, so the config
+    rules refuse a mismatch up front. Gymnasium sizes come from the environment's spaces
+    (:func:`flower_qlearn.gym_mdp.space_sizes`: no table is built).
+    """
+    if name == "two_state":
+        return 2, None
+    if name == "riverswim":
+        return None, 2
+    if name == "maze":
+        from .mazes import ACTIONS
+
+        return None, len(ACTIONS)
+    if name in _GYM_IDS:
+        from .gym_mdp import space_sizes
+
+        kwargs = {"map_name": map_name, "is_slippery": bool(is_slippery)}
+        return space_sizes(_GYM_IDS[name], **(kwargs if name == "frozenlake" else {}))
+    return None, None
 
 
 def __getattr__(name: str):

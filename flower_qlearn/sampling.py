@@ -20,6 +20,17 @@ from typing import Any
 import numpy as np
 from numba import njit
 
+from .samplers import (
+    SAMPLER_ALIAS,
+    SAMPLER_CDF,
+    NextStateTable,
+    as_action_table,
+    as_next_state_table,
+    inverse_cdf,
+    markov_step,
+    next_state,
+)
+
 __all__ = [
     "BEHAVIORS",
     "SAMPLINGS",
@@ -28,6 +39,7 @@ __all__ = [
     "behavior_policy",
     "cumulative",
     "draw_next_states",
+    "generative_next_states",
     "inverse_cdf",
     "markov_step",
 ]
@@ -80,64 +92,39 @@ def cumulative(P: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(cdf)
 
 
-# Up to this row length inverse_cdf counts (a branch-free loop the compiler vectorizes), above it
-# it bisects: measured on this project's sizes, counting 100 entries is ~1.5x faster than a
-# binary search whose data-dependent branches mispredict; at a few thousand entries the
-# O(log n) search wins.
-_LINEAR_SEARCH_MAX = 256
-
-
 @njit(cache=True)
-def inverse_cdf(cdf_row: np.ndarray, u: float) -> int:
-    """Index of the first entry of ``cdf_row`` that is ``> u``.
+def generative_next_states(
+    kind: int, p_next: np.ndarray, p_value: np.ndarray, p_alias: np.ndarray,
+    uniforms: np.ndarray, out: np.ndarray,
+) -> None:
+    """Fill ``out[t, s, a]`` with the draw of ``uniforms[t, s, a]`` from ``P(. | s, a)``.
 
-    Same result as ``np.searchsorted(cdf_row, u, side="right")`` on a non-decreasing row;
-    assumes ``cdf_row[-1] == 1.0 > u`` so the answer is always a valid index. Short rows count
-    the entries ``<= u`` (on a sorted row that count is the answer); long rows bisect.
+    Writes into ``out`` so that no ``(T, S, A, S)`` comparison table is ever built. ``kind``
+    is tested once, outside the loop (each branch inlines it with a constant sampler).
     """
-    n = cdf_row.shape[0]
-    if n <= _LINEAR_SEARCH_MAX:
-        count = 0
-        for i in range(n):
-            count += cdf_row[i] <= u
-        return count
-    lo = 0
-    hi = n - 1
-    while lo < hi:
-        mid = (lo + hi) // 2
-        if cdf_row[mid] > u:
-            hi = mid
-        else:
-            lo = mid + 1
-    return lo
+    if kind == SAMPLER_CDF:
+        _generative_loop(SAMPLER_CDF, p_next, p_value, p_alias, uniforms, out)
+    else:
+        _generative_loop(SAMPLER_ALIAS, p_next, p_value, p_alias, uniforms, out)
 
 
-@njit(cache=True)
-def markov_step(p_cdf: np.ndarray, pi_cdf: np.ndarray, state: int, u_action: float, u_next: float):
-    """One Markov-chain transition ``(a, s')`` from ``state``: the single definition of the
-    convention shared by :class:`MarkovChain` and the asynchronous kernels."""
-    action = inverse_cdf(pi_cdf[state], u_action)
-    next_state = inverse_cdf(p_cdf[state, action], u_next)
-    return action, next_state
-
-
-@njit(cache=True)
-def _generative_next_states(p_cdf: np.ndarray, uniforms: np.ndarray, out: np.ndarray) -> None:
-    """Fill ``out[t, s, a]`` with the inverse-CDF draw of ``uniforms[t, s, a]`` on ``p_cdf[s, a]``.
-
-    Writes into ``out`` so that no ``(T, S, A, S)`` comparison table is ever built.
-    """
+@njit(cache=True, inline="always")
+def _generative_loop(kind, p_next, p_value, p_alias, uniforms, out) -> None:
     num_steps, num_states, num_actions = uniforms.shape
     for t in range(num_steps):
         for s in range(num_states):
             for a in range(num_actions):
-                out[t, s, a] = inverse_cdf(p_cdf[s, a], uniforms[t, s, a])
+                out[t, s, a] = next_state(kind, p_next, p_value, p_alias, s, a, uniforms[t, s, a])
 
 
 @njit(cache=True)
 def _trajectory(
-    p_cdf: np.ndarray,
-    pi_cdf: np.ndarray,
+    kind: int,
+    p_next: np.ndarray,
+    p_value: np.ndarray,
+    p_alias: np.ndarray,
+    pi_value: np.ndarray,
+    pi_alias: np.ndarray,
     state: int,
     uniforms: np.ndarray,
     states: np.ndarray,
@@ -149,24 +136,30 @@ def _trajectory(
     Returns the state after the last step.
     """
     for t in range(uniforms.shape[0]):
-        action, next_state = markov_step(p_cdf, pi_cdf, state, uniforms[t, 0], uniforms[t, 1])
+        action, nxt = markov_step(
+            kind, p_next, p_value, p_alias, pi_value, pi_alias, state, uniforms[t, 0],
+            uniforms[t, 1],
+        )
         states[t] = state
         actions[t] = action
-        next_states[t] = next_state
-        state = next_state
+        next_states[t] = nxt
+        state = nxt
     return state
 
 
-def draw_next_states(p_cdf: np.ndarray, rng: np.random.Generator, num_steps: int) -> np.ndarray:
-    """Draw generative-model next states from a cumulative table (see :class:`GenerativeModel`).
+def draw_next_states(
+    p_table: NextStateTable | np.ndarray, rng: np.random.Generator, num_steps: int
+) -> np.ndarray:
+    """Draw generative-model next states (see :class:`GenerativeModel`).
 
     Shared by :meth:`GenerativeModel.sample` and the synchronous drivers in
     :mod:`flower_qlearn.kernels`, so both consume the Generator identically.
 
     Parameters
     ----------
-    p_cdf : np.ndarray
-        ``(S, A, S)`` float64 C-contiguous cumulative transition table (from :func:`cumulative`).
+    p_table : NextStateTable or np.ndarray
+        Sampling table of ``P`` (:func:`~flower_qlearn.samplers.next_state_table`), or a dense
+        ``(S, A, S)`` cumulative table (from :func:`cumulative`; same draws).
     rng : np.random.Generator
         Source of the ``num_steps * S * A`` uniforms.
     num_steps : int
@@ -177,10 +170,11 @@ def draw_next_states(p_cdf: np.ndarray, rng: np.random.Generator, num_steps: int
     np.ndarray
         ``(num_steps, S, A)`` int64 next states.
     """
-    num_states, num_actions = p_cdf.shape[0], p_cdf.shape[1]
+    table = as_next_state_table(p_table)
+    num_states, num_actions = table.next.shape[0], table.next.shape[1]
     uniforms = rng.random((num_steps, num_states, num_actions))
     out = np.empty((num_steps, num_states, num_actions), dtype=np.int64)
-    _generative_next_states(p_cdf, uniforms, out)
+    generative_next_states(table.kind, table.next, table.value, table.alias, uniforms, out)
     return out
 
 
@@ -216,10 +210,11 @@ class GenerativeModel:
 
     def __init__(self, P: np.ndarray) -> None:
         self.p_cdf = cumulative(_check_transitions(P))
+        self._table = as_next_state_table(self.p_cdf)
 
     def sample(self, rng: np.random.Generator, num_steps: int = 1) -> np.ndarray:
         """Draw ``(num_steps, S, A)`` int64 next states, ``out[t, s, a] ~ P(. | s, a)``."""
-        return draw_next_states(self.p_cdf, rng, _check_steps(num_steps))
+        return draw_next_states(self._table, rng, _check_steps(num_steps))
 
 
 def _agent_rng(seed: int, agent: int) -> np.random.Generator:
@@ -391,6 +386,7 @@ class MarkovChain:
             raise ValueError(f"state must be an integer in [0, {P.shape[0]}), got {state!r}")
         self.p_cdf = cumulative(P)
         self.pi_cdf = cumulative(policy)
+        self._tables = (as_next_state_table(self.p_cdf), as_action_table(self.pi_cdf))
         self.state = int(state)
         self.rng = rng
 
@@ -408,8 +404,12 @@ class MarkovChain:
         states = np.empty(num_steps, dtype=np.int64)
         actions = np.empty(num_steps, dtype=np.int64)
         next_states = np.empty(num_steps, dtype=np.int64)
+        p, pi = self._tables
         self.state = int(
-            _trajectory(self.p_cdf, self.pi_cdf, self.state, uniforms, states, actions, next_states)
+            _trajectory(
+                p.kind, p.next, p.value, p.alias, pi.value, pi.alias, self.state, uniforms,
+                states, actions, next_states,
+            )
         )
         return states, actions, next_states
 

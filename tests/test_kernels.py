@@ -15,8 +15,10 @@ from flower_qlearn.kernels import (
     sync_q_steps,
 )
 from flower_qlearn.mdp import garnet, two_state
+from flower_qlearn.samplers import action_table, next_state_table
 from flower_qlearn.sampling import GenerativeModel, MarkovChain, behavior_policy, cumulative
 from flower_qlearn.solvers import optimal_q
+from flower_qlearn.transitions import Transitions
 
 S, A, GAMMA = 5, 3, 0.9
 
@@ -88,8 +90,10 @@ def test_async_q_steps_follows_the_markov_chain(problem):
     )
     q, counts = q0.copy(), np.zeros((S, A), dtype=np.int64)
     uniforms = np.random.default_rng(4).random((3000, 2))  # the chain's own uniforms
+    p, pi = next_state_table(Transitions.from_dense(P)), action_table(policy)
     final = async_q_steps(
-        q, counts, reward, GAMMA, 0.2, cumulative(P), cumulative(policy), 2, uniforms
+        q, counts, reward, GAMMA, 0.2, p.kind, p.next, p.value, p.alias, pi.value, pi.alias, 2,
+        uniforms,
     )
     np.testing.assert_array_equal(q, expected_q)
     np.testing.assert_array_equal(counts, expected_counts)
@@ -113,12 +117,17 @@ def test_q_operator_batch_equals_reference(problem):
     chain = MarkovChain(P, policy, state=0, rng=np.random.default_rng(6))
     transitions = chain.sample(40)
     theta_before = theta.copy()
+    p, pi = next_state_table(Transitions.from_dense(P)), action_table(policy)
     g, final = q_operator_batch(
         theta,
         reward,
         GAMMA,
-        cumulative(P),
-        cumulative(policy),
+        p.kind,
+        p.next,
+        p.value,
+        p.alias,
+        pi.value,
+        pi.alias,
         0,
         np.random.default_rng(6).random((40, 2)),
     )

@@ -330,8 +330,11 @@ def test_make_mdp_dispatches_to_builders():
     assert make_mdp("two_state", gamma=0.9).num_actions == 10
     assert make_mdp("frozenlake", gamma=0.9, num_states=16, num_actions=4).num_states == 16
     assert set(MDP_NAMES) == {"two_state", "garnet", "riverswim", "frozenlake", "taxi"} | {
-        "cliffwalking"
+        "cliffwalking", "maze"
     }
+    from flower_qlearn.mazes import random_maze  # the maze builder: tests/test_mazes.py
+
+    assert make_mdp("maze", gamma=0.9, seed=3) == random_maze(25, 0.2, 0.1, 0.9, seed=3)
 
 
 def test_make_mdp_errors():
