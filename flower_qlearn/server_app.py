@@ -51,6 +51,11 @@ def check_nodes(grid: Grid, settings: dict) -> list[int]:
     ``proceed`` warns once and goes on with them (no round waits for the missing ones again:
     :func:`~flower_qlearn.strategies.base.wait_for_nodes`); no node at all is refused either
     way. A refusal is a ``ConfigError`` of one line, raised before anything is written.
+
+    A node that joins after the start (anyone who can register a key with the SuperLink can,
+    docs/deployment.md "Security") is not refused here but reply by reply: the strategy's own
+    node -> partition map rejects a partition already held or outside ``0..num_clients-1``
+    (:func:`~flower_qlearn.strategies.validation.screen_replies`).
     """
     from .inprocess import InProcessGrid
     from .strategies.base import wait_for_nodes

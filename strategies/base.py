@@ -30,13 +30,36 @@ from flwr.app import (
 )
 from flwr.common import log
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import Strategy
+from flwr.serverapp.strategy import Result, Strategy
 
-from .protocol import ARRAYS, CONFIG, SERVER_ROUND, TASK, Q
-from .validation import ArraySpec, ClientUpdate, payload_bytes, split_replies
+from .protocol import (
+    ARRAYS,
+    CONFIG,
+    ITERATION,
+    LOCAL_STEPS,
+    NUM_SAMPLES,
+    PARTITION_ID,
+    SAMPLING,
+    SERVER_ROUND,
+    TASK,
+    Q,
+)
+from .transport import fast_pulls
+from .validation import (
+    ArraySpec,
+    ClientUpdate,
+    Outbox,
+    PartitionMap,
+    Screened,
+    payload_bytes,
+    screen_replies,
+)
 
 # Per-round bookkeeping metrics; a client metric with one of these names is not averaged.
 ROUND_METRICS = ("accepted", "rejected", "missing", "bytes_up", "bytes_down", "kept_previous")
+#: Metrics the server owns: a client's value is never averaged into the round's (the server
+#: computes ``num_samples`` from what it asked for; ``partition_id`` is the server's map).
+SERVER_METRICS = (NUM_SAMPLES, PARTITION_ID, ITERATION)
 
 
 class _NodeWatch:
@@ -129,6 +152,13 @@ class QTableStrategy(Strategy):
     wait_timeout : float, default 600
         Longest wait for `min_available_nodes`; then the round goes ahead with the nodes
         that are there (logged).
+    value_floor : float, optional
+        Reject replies with any ``Q(s, a) < value_floor``: ``0`` where the theory gives it
+        (iterates from 0 with rewards in ``[0, 1]`` stay ``>= 0``). ``None``: no lower bound
+        beyond `value_bound`.
+    num_partitions : int, optional
+        The run's number of agents: a reply's ``partition_id`` must be in
+        ``0 .. num_partitions - 1`` (:class:`~.validation.PartitionMap`). None: any id >= 0.
 
     Attributes
     ----------
@@ -137,6 +167,10 @@ class QTableStrategy(Strategy):
         when the caller's config has none).
     rejections : list[tuple[int, int, str]]
         ``(server_round, node_id, reason)`` of every rejected reply so far.
+    partitions : PartitionMap
+        The server's node id -> partition map (aggregation order, DASA's agent slots).
+    outbox : Outbox
+        The instructions sent and not yet answered (only replies to them count).
     """
 
     task: str = "q_learning"
@@ -150,6 +184,8 @@ class QTableStrategy(Strategy):
         value_bound: float | None = None,
         min_available_nodes: int = 1,
         wait_timeout: float = 600.0,
+        value_floor: float | None = None,
+        num_partitions: int | None = None,
     ) -> None:
         if num_states < 1 or num_actions < 1:
             raise ValueError(
@@ -166,9 +202,13 @@ class QTableStrategy(Strategy):
         self.min_available_nodes = int(min_available_nodes)
         self.wait_timeout = float(wait_timeout)
         self.rejections: list[tuple[int, int, str]] = []
+        self.value_floor = None if value_floor is None else float(value_floor)
+        self.partitions = PartitionMap(num_partitions)
+        self.outbox = Outbox()
         # Set by configure_train, read by the following aggregate_train.
         self._num_sent = 0
         self._bytes_down = 0
+        self._round_steps: tuple[int, str] | None = None  # (local_steps, sampling) asked
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -178,7 +218,7 @@ class QTableStrategy(Strategy):
     @property
     def reply_specs(self) -> list[ArraySpec]:
         """Arrays every reply must carry; subclasses append what their rule needs."""
-        return [ArraySpec("q", self.shape, "float")]
+        return [ArraySpec(Q, self.shape, "float", low=self.value_floor)]
 
     def parameters(self) -> dict[str, object]:
         """Constructor parameters, for `summary`; subclasses add theirs."""
@@ -187,6 +227,8 @@ class QTableStrategy(Strategy):
             "num_actions": self.num_actions,
             "min_replies": self.min_replies,
             "value_bound": self.value_bound,
+            "value_floor": self.value_floor,
+            "num_partitions": self.partitions.num_partitions,
             "min_available_nodes": self.min_available_nodes,
         }
 
@@ -195,6 +237,14 @@ class QTableStrategy(Strategy):
         log(INFO, "\t├──> %s", self.__class__.__name__)
         for name, value in self.parameters().items():
             log(INFO, "\t│\t├── %s: %s", name, value)
+
+    def start(self, grid: Grid, *args, **kwargs) -> Result:
+        """Flower's ``Strategy.start``, its replies pulled every 0.1 s instead of every 3 s.
+
+        The one hook of :mod:`.transport` into Flower's loop (a user's ServerApp calling
+        ``strategy.start(grid=grid, ...)``); our own round loops call it directly.
+        """
+        return super().start(fast_pulls(grid), *args, **kwargs)
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -220,7 +270,39 @@ class QTableStrategy(Strategy):
         ]
         self._num_sent = len(messages)
         self._bytes_down = len(messages) * sum(len(array.data) for array in arrays.values())
+        self.outbox.clear()  # only this round's instructions may be answered
+        self.outbox.add(messages)
+        self._round_steps = round_steps(train_config)
         return messages
+
+    # --- replies: identity and consistency (validation.screen_replies) ----------------------
+    def check_update(self, update: ClientUpdate) -> None:
+        """A strategy's own rule on a parsed reply (raise ``InvalidReply``); default: none."""
+
+    def screen(self, server_round: int, replies: list[Message]) -> Screened:
+        """Screen one call's replies (:func:`~.validation.screen_replies`); log the rejected."""
+        screened = screen_replies(
+            replies,
+            self.outbox,
+            self.reply_specs,
+            self.partitions,
+            self.value_bound,
+            check=self.check_update,
+        )
+        for node_id, reason in screened.rejected:
+            log(WARNING, "Round %s: rejected reply from node %s: %s", server_round, node_id, reason)
+            self.rejections.append((server_round, node_id, reason))
+        for node_id, reason in screened.unavailable:
+            log(WARNING, "Round %s: node %s unavailable: %s", server_round, node_id, reason)
+        return screened
+
+    def missing(self, screened: Screened) -> int:
+        """Nodes sent an instruction that gave no reply of their own (accepted or rejected)."""
+        return len(self.outbox.nodes() - screened.answered)
+
+    def samples_per_agent(self) -> int | None:
+        """Local steps each agent was asked for this round (None: not known)."""
+        return None if self._round_steps is None else self._round_steps[0]
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -252,18 +334,16 @@ class AveragingStrategy(QTableStrategy):
         makes Flower's `Strategy.start` keep the previous global arrays.
         """
         replies = list(replies)
-        updates, rejected = split_replies(replies, self.reply_specs, self.value_bound)
-        for node_id, reason in rejected:
-            log(WARNING, "Round %s: rejected reply from node %s: %s", server_round, node_id, reason)
-            self.rejections.append((server_round, node_id, reason))
+        screened = self.screen(server_round, replies)
+        updates = screened.updates
 
         kept_previous = len(updates) < self.min_replies
         metrics = MetricRecord(
             {
                 "accepted": len(updates),
-                "rejected": len(rejected),
-                # Nodes that never answered (a duplicate reply does not stand in for one).
-                "missing": max(self._num_sent - len({m.metadata.src_node_id for m in replies}), 0),
+                "rejected": len(screened.rejected),
+                # Nodes sent an instruction that gave no reply of their own.
+                "missing": self.missing(screened),
                 # What the network carried, rejected payloads included.
                 "bytes_up": sum(payload_bytes(message) for message in replies),
                 "bytes_down": self._bytes_down,
@@ -271,6 +351,9 @@ class AveragingStrategy(QTableStrategy):
                 **mean_client_metrics(updates),
             }
         )
+        samples = self.samples_per_agent()
+        if updates and samples is not None:  # what the server asked for, not the clients' claim
+            metrics[NUM_SAMPLES] = samples
         if kept_previous:
             log(
                 WARNING,
@@ -294,13 +377,13 @@ class AveragingStrategy(QTableStrategy):
 def mean_client_metrics(updates: list[ClientUpdate]) -> dict[str, float]:
     """Mean over the updates that report it of every numeric client metric.
 
-    Metrics named like a per-round bookkeeping metric (`ROUND_METRICS`) are skipped so a
-    client cannot overwrite the server's counts.
+    Metrics named like a per-round bookkeeping metric (`ROUND_METRICS`) or one the server
+    owns (`SERVER_METRICS`) are skipped so a client cannot overwrite the server's numbers.
     """
     values: dict[str, list[float]] = {}
     for update in updates:
         for name, value in update.metrics.items():
-            if name not in ROUND_METRICS:
+            if name not in ROUND_METRICS and name not in SERVER_METRICS:
                 values.setdefault(name, []).append(float(value))
     return {name: float(np.mean(vals)) for name, vals in values.items()}
 
@@ -317,11 +400,38 @@ def value_bound(gamma: float) -> float:
     return 2.0 / (1.0 - gamma) + 1.0
 
 
+#: Lower bound of a valid reply's Q for rewards in ``[0, 1]``: iterates from ``Q = 0`` are
+#: convex combinations ``(1 - eta) Q + eta (r + gamma max Q')`` of non-negative numbers, so
+#: they stay ``>= 0`` exactly (also in floating point: products and sums of non-negative
+#: numbers round to non-negative numbers). Average reward's normalized iterates too.
+VALUE_FLOOR = 0.0
+
+
 def common_args(settings, mdp) -> dict:
     """Keyword arguments every strategy gets from the composed settings."""
     return {
         "min_replies": int(settings["min_replies"]),
         "value_bound": value_bound(mdp.gamma),
+        "value_floor": VALUE_FLOOR,
+        "num_partitions": int(settings["num_clients"]),
         "min_available_nodes": int(settings["num_clients"]),
         "wait_timeout": float(settings["round_timeout"]),
     }
+
+
+def round_steps(config: ConfigRecord) -> tuple[int, str] | None:
+    """``(client.local_steps, client.sampling)`` an instruction's config asks for.
+
+    A key the config leaves out is the client's conf default, as on the client side. None if
+    the value is not a positive integer (the ClientApp refuses such an instruction anyway).
+    """
+    from flower_qlearn import defaults  # no Hydra: the ClientApp reads the same defaults
+
+    client = None
+    if LOCAL_STEPS not in config or SAMPLING not in config:
+        client = defaults.group_defaults("client")
+    steps = config[LOCAL_STEPS] if LOCAL_STEPS in config else client["local_steps"]
+    sampling = config[SAMPLING] if SAMPLING in config else client["sampling"]
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        return None
+    return steps, str(sampling)

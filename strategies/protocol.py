@@ -40,6 +40,12 @@ SERVER_ROUND = "server-round"  #: Flower's own name for the round number
 TASK_TOP_KEYS = ("seed", "num_clients")
 #: Config groups whose every key is part of every client's task.
 TASK_GROUPS = ("mdp", "client")
+#: Task keys the server reads back to know what a round asked for (samples, visit counts).
+#: An adaptive ``client.sync`` schedule (:mod:`.sync`) sets LOCAL_STEPS per round.
+LOCAL_STEPS = "client.local_steps"
+#: The round's step size, when an adaptive ``client.sync`` schedule halves it (:mod:`.sync`).
+LEARNING_RATE = "client.learning_rate"
+SAMPLING = "client.sampling"
 
 # --- reply metrics --------------------------------------------------------------------------
 NUM_SAMPLES = "num_samples"  #: local steps (or transitions) the agent used this round

@@ -169,19 +169,23 @@ def global_arrays(q: np.ndarray | None = None) -> ArrayRecord:
     return ArrayRecord({"q": Array(np.zeros((S, A)) if q is None else q)})
 
 
+#: The round every test instruction asks for: 90 Markovian local steps.
+ROUND = {"client.local_steps": 90, "client.sampling": "markovian"}
+
+
 def good_arrays(node_id: int) -> dict[str, np.ndarray]:
-    """A valid reply payload whose values depend on the node id."""
+    """A valid reply payload whose values depend on the node id (counts of a ROUND)."""
     rng = np.random.default_rng(node_id)
     return {
         "q": rng.uniform(0, 5, size=(S, A)),
-        "counts": rng.integers(0, 30, size=(S, A)).astype(np.int64),
+        "counts": rng.multinomial(90, np.full(S * A, 1 / (S * A))).reshape(S, A),
     }
 
 
 def send(strategy: QTableStrategy, node_ids: list[int], server_round: int = 1) -> list[Message]:
     """configure_train over a node-list grid, then stamp ids as a Grid push would."""
     messages = strategy.configure_train(
-        server_round, global_arrays(), ConfigRecord({"local_steps": 10}), NodeListGrid(node_ids)
+        server_round, global_arrays(), ConfigRecord(ROUND), NodeListGrid(node_ids)
     )
     for message in messages:
         message.metadata.__dict__["_message_id"] = f"ins-{message.metadata.dst_node_id}"
@@ -234,7 +238,7 @@ def test_aggregate_train_equals_pure_function(strategy_cls):
     assert metrics["rejected"] == 0
     assert metrics["missing"] == 0
     assert metrics["kept_previous"] == 0
-    assert metrics["num_samples"] == pytest.approx(20.0)
+    assert metrics["num_samples"] == 90  # the server's local_steps, not the clients' 10..30
     q_bytes = len(Array(np.zeros((S, A))).data)
     assert metrics["bytes_down"] == 3 * q_bytes
     assert metrics["bytes_up"] == sum(

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
-from logging import WARNING
 
 import numpy as np
 from flwr.app import (
@@ -47,7 +46,6 @@ from flwr.app import (
     MetricRecord,
     RecordDict,
 )
-from flwr.common import log
 from flwr.serverapp import Grid
 
 from flower_qlearn.schema import (
@@ -68,14 +66,13 @@ from ..protocol import (
     ITERATION,
     NUM_SAMPLES,
     OPERATOR,
-    PARTITION_ID,
     SERVER_ROUND,
     TASK,
     Q,
 )
-from ..validation import ArraySpec, ClientUpdate, payload_bytes, split_replies
+from ..validation import ArraySpec, ClientUpdate, check_iteration, payload_bytes
 from .buffer import DelayBuffer
-from .rule import NORMS, RULES, Operator, Step, aggregate_step
+from .rule import NO_DEFENCE, NORMS, RULES, Defence, Operator, Step, aggregate_step
 
 #: How a DASA run executes: on a virtual clock with simulated delays, or really asynchronously.
 EXECUTIONS = ("simulated", "async")
@@ -89,9 +86,12 @@ class DASA(QTableStrategy):
     Wire format. Instruction: ``RecordDict({"arrays": ArrayRecord({"q": theta_t}),
     "config": ConfigRecord({..., "server-round", "iteration": t})})`` with ``theta_t`` of
     shape ``shape`` (the Q-table ``(S, A)``, or ``(d,)`` for TD). Reply: ``"arrays"``
-    with ``"g"`` (same shape) float64 and ``"metrics"`` with ``"partition_id"`` (the agent) and
-    ``"iteration"`` (the ``t`` it was computed at, echoed back). Replies are validated by the
-    shared :func:`flower_qlearn.strategies.validation.split_replies`.
+    with ``"g"`` (same shape) float64 and ``"metrics"`` with ``"partition_id"`` (the agent it
+    claims to be) and ``"iteration"`` (the ``t`` it was computed at, echoed back). Replies are
+    screened by the shared :func:`flower_qlearn.strategies.validation.screen_replies`: only a
+    reply to an instruction the server sent counts; the agent slot is the server's partition
+    of the node (fixed at its first valid reply) and the operator's iteration is the one the
+    server sent that node (the echo must agree).
 
     Two execution modes:
 
@@ -172,6 +172,7 @@ class DASA(QTableStrategy):
         )
         if not (isinstance(num_agents, int) and num_agents >= 1):
             raise ValueError(f"num_agents={num_agents!r} is out of range; expected an integer >= 1")
+        self.partitions.num_partitions = int(num_agents)  # agents 0 .. N-1
         parameters = {
             "rule": rule,
             "step_size": step_size,
@@ -200,6 +201,8 @@ class DASA(QTableStrategy):
         self.execution = execution
         self.tick_s = float(tick_s)
         self.buffer = DelayBuffer(max_staleness)
+        #: Robust combination, operator clip and iterate projection (set by the builder).
+        self.defence: Defence = NO_DEFENCE
         self._theta: np.ndarray | None = None
 
     @property
@@ -235,6 +238,7 @@ class DASA(QTableStrategy):
     ) -> list[Message]:
         """Send ``theta_t`` (``t = server_round - 1``) to every node."""
         node_ids = wait_for_nodes(grid, self.min_available_nodes, self.wait_timeout)
+        self.outbox.clear()  # simulated: only this round's instructions may be answered
         return self.instructions(server_round - 1, arrays, config, node_ids)
 
     def instructions(
@@ -256,6 +260,7 @@ class DASA(QTableStrategy):
                 )
             )
             self.buffer.computing[int(node_id)] = t
+        self.outbox.add(messages, iteration=t)  # what each node was sent: its reply must match
         self._num_sent += len(messages)
         self._bytes_down += len(messages) * sum(len(a.data) for a in arrays.values())
         return messages
@@ -287,16 +292,16 @@ class DASA(QTableStrategy):
         theta = np.asarray(theta, dtype=np.float64)
         self.buffer.remember(t, theta)
         replies = list(replies)
-        updates, rejected = split_replies(replies, self.reply_specs, self.value_bound)
-        for message in replies:  # answered, well or not: no longer computing
-            self.buffer.computing.pop(int(message.metadata.src_node_id), None)
+        screened = self.screen(t + 1, replies)
+        missing = self.missing(screened)
+        self.outbox.forget_answered()
+        # Answered, well or not (or the link says the node is gone): no longer computing.
+        for node_id in screened.answered | {node for node, _ in screened.unavailable}:
+            self.buffer.computing.pop(int(node_id), None)
         accepted = too_old = 0
-        for update in updates:
-            try:
-                agent, computed_at = self._identify(update, t)
-            except ValueError as exc:
-                rejected.append((update.node_id, str(exc)))
-                continue
+        for update in screened.updates:
+            # The server's own records: the node's partition and the iteration it was sent.
+            agent, computed_at = int(update.partition), int(update.sent.iteration)
             accepted += 1
             if self.buffer.too_old(computed_at, t) or computed_at not in self.buffer.iterates:
                 too_old += 1
@@ -307,9 +312,6 @@ class DASA(QTableStrategy):
             op = Operator(computed_at, update.arrays[OPERATOR])
             if not self.buffer.hold(agent, op, max(t, computed_at + delay)):
                 too_old += 1
-        for node_id, reason in rejected:
-            log(WARNING, "Iteration %s: rejected reply from node %s: %s", t, node_id, reason)
-            self.rejections.append((t + 1, node_id, reason))
 
         arrived = self.buffer.release(t)
         expired = self.buffer.expire(t) + too_old
@@ -324,6 +326,7 @@ class DASA(QTableStrategy):
                 self.step_size,
                 self.epsilon,
                 self.norm,
+                self.defence,
             )
         else:
             step = Step(theta.copy(), False, (), (), np.full(self.num_agents, np.nan))
@@ -331,7 +334,7 @@ class DASA(QTableStrategy):
 
         metrics: dict[str, float | int] = {
             "accepted": accepted,
-            "rejected": len(rejected),
+            "rejected": len(screened.rejected),
             "bytes_up": sum(payload_bytes(m) for m in replies),
             "bytes_down": self._bytes_down,
             # Mean over all N agents of the transitions they sampled in this iteration.
@@ -342,9 +345,7 @@ class DASA(QTableStrategy):
             "expired": expired,
         }
         if self.execution == "simulated":
-            metrics["missing"] = max(
-                self._num_sent - len({m.metadata.src_node_id for m in replies}), 0
-            )
+            metrics["missing"] = missing
             metrics["in_flight"] = self.buffer.num_in_flight
         if computing is not None:
             metrics["computing"] = computing
@@ -359,16 +360,9 @@ class DASA(QTableStrategy):
             return None, MetricRecord(metrics)
         return ArrayRecord({Q: Array(np.ascontiguousarray(step.theta))}), MetricRecord(metrics)
 
-    def _identify(self, update: ClientUpdate, t: int) -> tuple[int, int]:
-        """The agent (partition id) and the iteration a reply's operator was computed at."""
-        if PARTITION_ID not in update.metrics or ITERATION not in update.metrics:
-            raise ValueError(f"reply metrics lack {PARTITION_ID!r} or {ITERATION!r}")
-        agent, computed_at = update.metrics[PARTITION_ID], update.metrics[ITERATION]
-        if not (float(agent).is_integer() and 0 <= agent < self.num_agents):
-            raise ValueError(f"partition_id {agent} is not in [0, {self.num_agents})")
-        if not (float(computed_at).is_integer() and 0 <= computed_at <= t):
-            raise ValueError(f"operator computed at iteration {computed_at}, not in [0, {t}]")
-        return int(agent), int(computed_at)
+    def check_update(self, update: ClientUpdate) -> None:
+        """The operator's echoed iteration must be the one sent (:func:`check_iteration`)."""
+        check_iteration(update)
 
     # --- checkpoints ----------------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -379,6 +373,7 @@ class DASA(QTableStrategy):
         """Restore :meth:`state_dict`; instructions pending at checkpoint time are forgotten."""
         self.buffer.load_state_dict(state["buffer"])
         self.buffer.computing.clear()
+        self.outbox.clear()
         self.rejections = list(state.get("rejections", []))
 
 
