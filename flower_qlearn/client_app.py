@@ -37,6 +37,7 @@ from flwr.common.constant import PARTITION_ID_KEY, ErrorCode
 
 from . import defaults
 from .agent import agent_env, round_rng
+from .attacks import apply_attack
 from .schema import TASK_RULES, ConfigError, validate
 from .strategies import registry
 from .strategies.protocol import (
@@ -157,6 +158,7 @@ def handle_train(message: Message, context: Context) -> Message:
         state=dict(stored) if stored is not None else {},
     )
     arrays, metrics = task.run(job)
+    arrays = apply_attack(arrays, settings, task.name, agent, server_round)  # experiments only
     if job.state:
         context.state.config_records[AGENT_STATE] = ConfigRecord(dict(job.state))
     metrics = {**metrics, PARTITION_ID: agent, COMPUTE_S: time.perf_counter() - start}

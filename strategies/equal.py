@@ -20,6 +20,8 @@ from flwr.app import ConfigRecord
 from .base import AveragingStrategy, common_args
 from .protocol import COUNTS, NUM_SAMPLES, Q, task_keys
 from .registry import ClientTask, Plan, StrategySpec, TaskJob, TaskResult, register
+from .robust import ROBUST_RULES, Robust
+from .sync import CONSTANT_ONLY as SYNC_CONSTANT
 from .validation import ClientUpdate
 
 
@@ -48,12 +50,26 @@ def equal_average(tables: np.ndarray) -> np.ndarray:
 class EqualAveraging(AveragingStrategy):
     """Flower strategy for FedSynQ / FedAsynQ-EqAvg: the new global Q is the mean of replies.
 
-    Parameters are those of `QTableStrategy`.
+    Parameters are those of `QTableStrategy`, plus ``robust`` (:class:`~.robust.Robust`,
+    default ``none``: the plain mean): a per-entry trimmed mean or median instead.
     """
 
+    def __init__(self, num_states: int, num_actions: int, *, robust: Robust | None = None,
+                 **kwargs) -> None:
+        """``kwargs``: `QTableStrategy`'s keyword arguments (min_replies, value_bound, ...)."""
+        super().__init__(num_states, num_actions, **kwargs)
+        self.robust = robust or Robust()
+
+    def parameters(self) -> dict[str, object]:
+        """Constructor parameters, for `summary`."""
+        return {**super().parameters(), **self.robust.parameters()}
+
     def aggregate(self, updates: list[ClientUpdate]) -> np.ndarray:
-        """Equal average of the validated local Q-tables."""
-        return equal_average(np.stack([update.arrays[Q] for update in updates]))
+        """Equal average (or its robust variant) of the validated local Q-tables."""
+        tables = np.stack([update.arrays[Q] for update in updates])
+        if self.robust.active:
+            return self.robust.combine(tables)
+        return equal_average(tables)
 
 
 # --- the client task ------------------------------------------------------------------------
@@ -67,9 +83,11 @@ def q_learning(job: TaskJob) -> TaskResult:
     """
     from flower_qlearn.agent import initial_state
     from flower_qlearn.kernels import run_async_q, run_sync_q
+    from flower_qlearn.step_sizes import round_learning_rate
 
     c, env, q = job.settings["client"], job.env, job.q
-    steps, lr, gamma = int(c["local_steps"]), float(c["learning_rate"]), env.mdp.gamma
+    steps, gamma = int(c["local_steps"]), env.mdp.gamma
+    lr = round_learning_rate(c, job.server_round)  # client.learning_rate unless two_phase
     if c["sampling"] == "generative":
         run_sync_q(q, env.mdp.R, gamma, lr, env.p_cdf, steps, job.rng)
         counts = np.full(q.shape, steps, dtype=np.int64)
@@ -94,8 +112,13 @@ def q_learning_config(settings: Mapping[str, Any]) -> ConfigRecord:
 
 def build(settings: Mapping[str, Any], mdp) -> Plan:
     """``strategy=equal`` from the composed settings."""
-    strategy = EqualAveraging(mdp.num_states, mdp.num_actions, **common_args(settings, mdp))
+    strategy = EqualAveraging(
+        mdp.num_states,
+        mdp.num_actions,
+        robust=Robust.from_settings(settings["strategy"]),
+        **common_args(settings, mdp),
+    )
     return Plan(strategy, q_learning_config(settings), int(settings["num_rounds"]))
 
 
-SPEC = register(StrategySpec("equal", build, Q_LEARNING))
+SPEC = register(StrategySpec("equal", build, Q_LEARNING, rules=(*ROBUST_RULES, *SYNC_CONSTANT)))

@@ -16,11 +16,16 @@ from typing import Any
 
 import numpy as np
 
+from flower_qlearn.schema import Rule, one_of
+
 from .base import AveragingStrategy, common_args
 from .equal import Q_LEARNING, q_learning_config
 from .protocol import COUNTS, Q
 from .registry import Plan, StrategySpec, register
-from .validation import ArraySpec, ClientUpdate
+from .robust import ROBUST_RULES, Robust, robust_importance_average
+from .sync import RULES as SYNC_RULES
+from .sync import AdaptiveSync, SyncSchedule
+from .validation import ArraySpec, ClientUpdate, check_visit_counts
 
 
 def importance_weights(counts: np.ndarray, learning_rate: float) -> np.ndarray:
@@ -92,7 +97,7 @@ def importance_average(tables: np.ndarray, counts: np.ndarray, learning_rate: fl
     return np.sum(weights * tables, axis=0)
 
 
-class ImportanceAveraging(AveragingStrategy):
+class ImportanceAveraging(AdaptiveSync, AveragingStrategy):
     """Flower strategy for FedAsynQ-ImAvg: per-entry importance-weighted average of replies.
 
     Replies must carry the round's visit counts as an integer ``"counts"`` array next to
@@ -108,6 +113,12 @@ class ImportanceAveraging(AveragingStrategy):
         See `QTableStrategy`.
     value_bound : float, optional
         See `QTableStrategy`.
+    robust : Robust, optional
+        Default ``none`` (the importance average); ``trimmed_mean`` / ``median`` trim among
+        the agents that visited each entry (:func:`~.robust.robust_importance_average`).
+    sync : SyncSchedule, optional
+        Default ``constant`` (every round the config's ``client.local_steps``); ``doubling``
+        sets each round's period from the collective visit counts (:mod:`.sync`).
     """
 
     def __init__(
@@ -115,6 +126,8 @@ class ImportanceAveraging(AveragingStrategy):
         num_states: int,
         num_actions: int,
         learning_rate: float,
+        robust: Robust | None = None,
+        sync: SyncSchedule | None = None,
         **kwargs,
     ) -> None:
         """``kwargs``: `QTableStrategy`'s keyword arguments (min_replies, value_bound, ...)."""
@@ -122,21 +135,41 @@ class ImportanceAveraging(AveragingStrategy):
         if not 0.0 < learning_rate <= 1.0:
             raise ValueError(f"learning_rate must be in (0, 1], got {learning_rate}")
         self.learning_rate = float(learning_rate)
+        self.robust = robust or Robust()
+        self.sync = sync or SyncSchedule("constant", 1)
 
     @property
     def reply_specs(self) -> list[ArraySpec]:
         """``"q"`` plus the round's visit counts ``"counts"`` (integer, >= 0)."""
         return [*super().reply_specs, ArraySpec(COUNTS, self.shape, "count")]
 
+    def check_update(self, update: ClientUpdate) -> None:
+        """Visit counts must be those of the round asked for (:func:`check_visit_counts`)."""
+        super().check_update(update)
+        if self._round_steps is not None:
+            check_visit_counts(update.arrays[COUNTS], *self._round_steps)
+
     def parameters(self) -> dict[str, object]:
         """Constructor parameters, for `summary`."""
-        return {**super().parameters(), "learning_rate": self.learning_rate}
+        return {
+            **super().parameters(),
+            "learning_rate": self.learning_rate,
+            **self.robust.parameters(),
+            **(self.sync.parameters() if self.sync.adaptive else {}),
+        }
 
     def aggregate(self, updates: list[ClientUpdate]) -> np.ndarray:
         """Importance average of the validated local Q-tables."""
         tables = np.stack([update.arrays[Q] for update in updates])
         counts = np.stack([update.arrays[COUNTS] for update in updates])
-        return importance_average(tables, counts, self.learning_rate)
+        # The round's step size (a halving schedule's eta_j), then its collective visits.
+        learning_rate = self.sync.learning_rate if self.sync.halve_lr else self.learning_rate
+        self.sync.observe(counts.sum(axis=0))
+        if self.robust.active:
+            return robust_importance_average(
+                tables, counts, learning_rate, self.robust.method, self.robust.trim_fraction
+            )
+        return importance_average(tables, counts, learning_rate)
 
 
 def build(settings: Mapping[str, Any], mdp) -> Plan:
@@ -145,9 +178,18 @@ def build(settings: Mapping[str, Any], mdp) -> Plan:
         mdp.num_states,
         mdp.num_actions,
         learning_rate=float(settings["client"]["learning_rate"]),
+        robust=Robust.from_settings(settings["strategy"]),
+        sync=SyncSchedule.from_settings(settings["client"]),
         **common_args(settings, mdp),
     )
     return Plan(strategy, q_learning_config(settings), int(settings["num_rounds"]))
 
 
-SPEC = register(StrategySpec("importance", build, Q_LEARNING))
+#: The weights assume one constant step size for the whole run.
+CONSTANT_STEP_SIZE = Rule(
+    "client.lr_schedule", one_of(("constant",)),
+    "constant (importance weights assume one constant step size)", optional=True,
+)
+SPEC = register(StrategySpec(
+    "importance", build, Q_LEARNING, rules=(*ROBUST_RULES, *SYNC_RULES, CONSTANT_STEP_SIZE)
+))

@@ -37,9 +37,12 @@ from ..base import AveragingStrategy, common_args
 from ..equal import equal_average
 from ..protocol import NUM_SAMPLES, TASK, Q, task_keys
 from ..registry import ClientTask, Plan, StrategySpec, TaskJob, TaskResult, register
+from ..robust import ROBUST_RULES, Robust
 from ..validation import ClientUpdate
 from .schedule import MAX_ROUNDS, SCHEDULES, CommRound, EpochSchedule  # noqa: F401
 
+#: Largest |Qbar| a reply may carry: normalized values lie in [0, 1] (plus rounding slack).
+NORMALIZED_VALUE_BOUND = 1.0 + 1e-6
 #: Geometric epochs grow as 8^e local steps: beyond this the run cannot finish.
 MAX_GEOMETRIC_EPOCHS = 12
 
@@ -76,6 +79,8 @@ class AverageRewardQ(AveragingStrategy):
     value_bound : float, default ``1 + 1e-6``
         Normalized iterates are convex combinations of values in ``[0, 1]`` (rewards in
         ``[0, 1]``, step sizes in ``(0, 1]``), so a reply outside is corrupt.
+    robust : Robust, optional
+        Default ``none`` (the equal average); else a per-entry trimmed mean or median.
     """
 
     task = "average_reward"
@@ -86,7 +91,8 @@ class AverageRewardQ(AveragingStrategy):
         num_actions: int,
         schedule: EpochSchedule,
         *,
-        value_bound: float | None = 1.0 + 1e-6,
+        value_bound: float | None = NORMALIZED_VALUE_BOUND,
+        robust: Robust | None = None,
         **kwargs,
     ) -> None:
         """``kwargs``: `QTableStrategy`'s other keyword arguments (min_replies, ...)."""
@@ -94,6 +100,7 @@ class AverageRewardQ(AveragingStrategy):
         if not isinstance(schedule, EpochSchedule):
             raise TypeError(f"schedule must be an EpochSchedule, got {type(schedule).__name__}")
         self.schedule = schedule
+        self.robust = robust or Robust()
 
     def parameters(self) -> dict[str, object]:
         """Constructor parameters and the schedule's, for `summary`."""
@@ -101,6 +108,7 @@ class AverageRewardQ(AveragingStrategy):
             **super().parameters(),
             **self.schedule.parameters(),
             "num_rounds": self.schedule.num_rounds,
+            **self.robust.parameters(),
         }
 
     def configure_train(
@@ -134,8 +142,12 @@ class AverageRewardQ(AveragingStrategy):
         return arrays, metrics
 
     def aggregate(self, updates: list[ClientUpdate]) -> np.ndarray:
-        """``Qbar = (1/K) sum_k Q_k`` over the valid replies (:func:`equal_average`)."""
-        return equal_average(np.stack([update.arrays[Q] for update in updates]))
+        """``Qbar = (1/K) sum_k Q_k`` over the valid replies (:func:`equal_average`), or its
+        robust variant (``strategy.robust``)."""
+        tables = np.stack([update.arrays[Q] for update in updates])
+        if self.robust.active:
+            return self.robust.combine(tables)
+        return equal_average(tables)
 
     # --- checkpointing ----------------------------------------------------------------------
     def state_dict(self) -> dict[str, object]:
@@ -244,6 +256,7 @@ def _geometric(settings: Mapping) -> bool:
 
 
 RULES = (
+    *ROBUST_RULES,
     Rule("strategy.schedule", one_of(SCHEDULES), options(SCHEDULES)),
     Rule("strategy.num_epochs", int_at_least(1), "an integer >= 1"),
     Rule(
@@ -281,7 +294,9 @@ def build(settings: Mapping[str, Any], mdp) -> Plan:
     )
     args = common_args(settings, mdp)
     del args["value_bound"]
-    strategy = AverageRewardQ(mdp.num_states, mdp.num_actions, schedule, **args)
+    strategy = AverageRewardQ(
+        mdp.num_states, mdp.num_actions, schedule, robust=Robust.from_settings(s), **args
+    )
     train_config = ConfigRecord(task_keys(settings, AVERAGE_REWARD.name))
     return Plan(strategy, train_config, schedule.num_rounds, objective="average_reward")
 

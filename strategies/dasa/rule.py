@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..robust import Robust
+
 #: The server rules: DASA and its two baselines.
 RULES = ("dasa", "delayed", "nondelayed")
 #: Norms of the delay error.
@@ -123,18 +125,66 @@ def select_agents(errors: np.ndarray) -> np.ndarray:
     return np.argsort(errors, kind="stable")[: math.ceil(errors.size / 2)]
 
 
+@dataclass(frozen=True)
+class Defence:
+    """DASA's defences against poisoned operators; the default changes nothing.
+
+    Attributes
+    ----------
+    robust : Robust
+        How the used operators are combined (``none``: their mean; ``trimmed_mean``: whole
+        operators trimmed, :meth:`~..robust.Robust.combine_operators`; ``median``: per entry).
+    operator_bound : float, optional
+        Clip every used operator to l1 norm at most this (``g * bound / ||g||_1``); None: off.
+        An honest batch Q-learning operator at ``theta`` has ``||g||_1 <= 1 + (1 + gamma)
+        ||theta||_inf`` (each of the ``B`` transitions adds at most ``(1 + (1 + gamma)
+        ||theta||_inf) / B``), so with the iterate kept in ``value_range`` the bound
+        ``1 + (1 + gamma) max|value_range|`` never touches an honest operator.
+    value_range : tuple[float, float], optional
+        Project every new iterate onto ``[lo, hi]`` entry by entry; None: off. Honest
+        iterates stay inside, so the projection leaves their bits unchanged.
+    """
+
+    robust: Robust = Robust()
+    operator_bound: float | None = None
+    value_range: tuple[float, float] | None = None
+
+
+NO_DEFENCE = Defence()
+
+
+def clip_operator(g: np.ndarray, bound: float | None) -> np.ndarray:
+    """``g`` scaled down to l1 norm ``bound`` if it is larger; ``g`` itself otherwise."""
+    if bound is None:
+        return g
+    size = float(np.sum(np.abs(g)))
+    return g if size <= bound else g * (bound / size)
+
+
+def project(theta: np.ndarray, value_range: tuple[float, float] | None) -> np.ndarray:
+    """``theta`` clipped entry by entry into ``value_range`` (None: unchanged)."""
+    if value_range is None:
+        return theta
+    return np.clip(theta, value_range[0], value_range[1])
+
+
 def _mean_step(
     theta: np.ndarray,
     t: int,
     operators: Mapping[int, Operator],
     agents: Iterable[int],
     step_size: float,
+    defence: Defence = NO_DEFENCE,
 ) -> tuple[np.ndarray, tuple[int, ...], tuple[int, ...]]:
     # Sum in ascending agent order: bit-identical results whatever order replies arrived in.
     used = tuple(sorted(int(i) for i in agents))
-    mean = np.mean(np.stack([operators[i].g for i in used]), axis=0)
+    stacked = np.stack([clip_operator(operators[i].g, defence.operator_bound) for i in used])
+    if defence.robust.active:
+        mean = defence.robust.combine_operators(stacked)
+    else:
+        mean = np.mean(stacked, axis=0)
     staleness = tuple(t - operators[i].computed_at for i in used)
-    return theta + step_size * mean, used, staleness
+    return project(theta + step_size * mean, defence.value_range), used, staleness
 
 
 def dasa_step(
@@ -146,6 +196,7 @@ def dasa_step(
     step_size: float,
     epsilon: float,
     norm: str = "l2",
+    defence: Defence = NO_DEFENCE,
 ) -> Step:
     """One DASA iteration (ALGORITHMS.md section 6).
 
@@ -154,15 +205,15 @@ def dasa_step(
     (inclusive). While fewer than ``ceil(N/2)`` agents have an operator, ``R_t`` contains an
     agent with ``e = +inf`` and the iteration is skipped, whatever ``epsilon``.
 
-    Parameters are those of :func:`delay_errors`, plus ``step_size`` (alpha > 0) and
-    ``epsilon`` (>= 0).
+    Parameters are those of :func:`delay_errors`, plus ``step_size`` (alpha > 0),
+    ``epsilon`` (>= 0) and ``defence`` (:class:`Defence`, default: none).
     """
     errors = delay_errors(theta, t, operators, iterates, num_agents, norm)
     selected = select_agents(errors)
     threshold = float(errors[selected[-1]])
     if not (math.isfinite(threshold) and threshold <= epsilon):
         return Step(np.array(theta, copy=True), False, (), (), errors, threshold)
-    new, used, staleness = _mean_step(theta, t, operators, selected, step_size)
+    new, used, staleness = _mean_step(theta, t, operators, selected, step_size, defence)
     return Step(new, True, used, staleness, errors, threshold)
 
 
@@ -172,6 +223,7 @@ def delayed_step(
     operators: Mapping[int, Operator],
     num_agents: int,
     step_size: float,
+    defence: Defence = NO_DEFENCE,
 ) -> Step:
     """The Delayed baseline: the mean of every agent's freshest operator, however stale.
 
@@ -180,7 +232,7 @@ def delayed_step(
     errors = np.full(num_agents, np.nan)  # not computed: the rule ignores them
     if not operators:
         return Step(np.array(theta, copy=True), False, (), (), errors)
-    new, used, staleness = _mean_step(theta, t, operators, operators.keys(), step_size)
+    new, used, staleness = _mean_step(theta, t, operators, operators.keys(), step_size, defence)
     return Step(new, True, used, staleness, errors)
 
 
@@ -190,6 +242,7 @@ def nondelayed_step(
     operators: Mapping[int, Operator],
     num_agents: int,
     step_size: float,
+    defence: Defence = NO_DEFENCE,
 ) -> Step:
     """The Non-delayed baseline: the mean of the operators computed at ``theta_t`` itself.
 
@@ -200,7 +253,7 @@ def nondelayed_step(
     errors = np.full(num_agents, np.nan)
     if not fresh:
         return Step(np.array(theta, copy=True), False, (), (), errors)
-    new, used, staleness = _mean_step(theta, t, fresh, fresh.keys(), step_size)
+    new, used, staleness = _mean_step(theta, t, fresh, fresh.keys(), step_size, defence)
     return Step(new, True, used, staleness, errors)
 
 
@@ -214,13 +267,20 @@ def aggregate_step(
     step_size: float,
     epsilon: float,
     norm: str = "l2",
+    defence: Defence = NO_DEFENCE,
 ) -> Step:
-    """One server iteration under ``rule``: ``dasa``, ``delayed`` or ``nondelayed``."""
+    """One server iteration under ``rule``: ``dasa``, ``delayed`` or ``nondelayed``.
+
+    ``defence`` (:class:`Defence`) clips the used operators, combines them robustly and
+    projects the new iterate; the default changes nothing.
+    """
     if rule == "dasa":
-        return dasa_step(theta, t, operators, iterates, num_agents, step_size, epsilon, norm)
+        return dasa_step(
+            theta, t, operators, iterates, num_agents, step_size, epsilon, norm, defence
+        )
     if rule == "delayed":
-        return delayed_step(theta, t, operators, num_agents, step_size)
+        return delayed_step(theta, t, operators, num_agents, step_size, defence)
     if rule == "nondelayed":
-        return nondelayed_step(theta, t, operators, num_agents, step_size)
+        return nondelayed_step(theta, t, operators, num_agents, step_size, defence)
     raise ValueError(f"strategy.rule={rule!r}; expected one of {', '.join(RULES)}")
 

@@ -32,6 +32,8 @@ from ..base import common_args, value_bound
 from ..delays import DelayModel
 from ..protocol import ITERATION, NUM_SAMPLES, OPERATOR, task_keys
 from ..registry import ClientTask, Plan, StrategySpec, TaskJob, TaskResult, register
+from ..robust import ROBUST_RULES, Robust, as_range
+from .rule import Defence
 from .strategy import BATCH_SIZE, DASA, PARAMETER_RULES
 
 #: The stochastic approximations DASA runs (``strategy.operator``): each has its client task.
@@ -151,6 +153,15 @@ def _too_many_features(settings: Mapping) -> bool:
 
 RULES_OF_CONFIG = (
     *PARAMETER_RULES,
+    *ROBUST_RULES,
+    Rule(
+        "client.attack",
+        one_of(["none", "sign_flip"]),
+        "none or sign_flip with operator=td_linear (the TD iterate has no value bound, so "
+        "max_value, min_value and random have no range to draw from)",
+        when=_td,
+        optional=True,
+    ),
     Rule(
         "client.sampling",
         one_of(["markovian"]),
@@ -200,6 +211,18 @@ def operator_bound(gamma: float) -> float:
     """Largest ``|g|`` a valid operator may have: ``|g| <= 1 + (1 + gamma) ||theta||_inf``,
     with slack for the transients of a large step size."""
     return 4.0 * (1.0 + (1.0 + gamma) * value_bound(gamma))
+
+
+def defence_of(strategy_settings: Mapping[str, Any], gamma: float, td: bool) -> Defence:
+    """DASA's :class:`~.rule.Defence` of a run: ``strategy.robust`` always; for the Q-learning
+    operator also the l1 clip ``1 + (1 + gamma) max|value range|`` of every used operator and
+    the projection of the iterate onto the value range (neither touches an honest run:
+    ``docs/robustness.md``). The TD iterate has no a-priori range: no clip, no projection."""
+    robust = Robust.from_settings(strategy_settings)
+    if td:
+        return Defence(robust)
+    lo, hi = as_range(value_bound(gamma))
+    return Defence(robust, 1.0 + (1.0 + gamma) * max(abs(lo), abs(hi)), (lo, hi))
 
 
 def td_ground_truth(settings: Mapping[str, Any], mdp):
@@ -263,6 +286,7 @@ def build(settings: Mapping[str, Any], mdp) -> Plan:
         shape=shape,
         task=task.name,
     )
+    strategy.defence = defence_of(s, mdp.gamma, td)  # read by DASA.advance
     round_keys: dict[str, Any] = {BATCH_SIZE: int(s["batch_size"])}
     if td:
         round_keys[FEATURES_KEY] = str(s["features"])
