@@ -7,6 +7,8 @@ CLI calls too. Every engine gets the same Flower run config (the composed config
 - ``inprocess``: :func:`flower_qlearn.inprocess.run_inprocess` (real Flower messages, no Ray);
 - ``ray``: ``flwr run`` on Flower's Ray simulation runtime (:mod:`flower_qlearn.ray_engine`);
 - ``deployment``: ``flwr run`` against a running SuperLink (:mod:`flower_qlearn.deployment`).
+- ``batched``: no messages, many agents (and jobs) per compiled call, the same numbers
+  (:mod:`flower_qlearn.batched`).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from . import config as fq_config
-from .outputs import LOG_FILE, RunResult, default_output_dir
+from .outputs import LOG_FILE, RunResult, default_output_dir, hold_output_dir
 
 __all__ = ["RunResult", "execute", "run_config_for", "run_experiment"]
 
@@ -60,10 +62,15 @@ def execute(cfg: DictConfig, output_dir: Path, overrides: Sequence[str] = ()) ->
 
     Outside a Hydra app (``run_experiment``) the output directory also gets the composed config,
     the overrides and the log (:func:`record_run`); the CLI's Hydra run dir has them already.
+    The output directory is locked for the run (:func:`flower_qlearn.outputs.hold_output_dir`):
+    a second run into it is refused with a message naming this one.
     """
     fq_config.validate(cfg)
-    output_dir = Path(output_dir).resolve()
-    output_dir.mkdir(parents=True, exist_ok=True)
+    with hold_output_dir(output_dir) as locked:  # a second run into it is refused meanwhile
+        return _execute(cfg, locked, overrides)
+
+
+def _execute(cfg: DictConfig, output_dir: Path, overrides: Sequence[str]) -> RunResult:
     if _under_hydra():
         _launch(cfg, output_dir)
         return RunResult.load(output_dir)
@@ -96,6 +103,10 @@ def _launch(cfg: DictConfig, output_dir: Path) -> None:
             run_config,
             concurrent=bool(cfg.engine.get("concurrent", False)),
         )
+    elif engine == "batched":
+        from .batched import run_batched
+
+        run_batched(fq_config.settings(fq_config.from_run_config(run_config)), output_dir)
     elif engine == "ray":
         from .ray_engine import run_ray
 

@@ -7,10 +7,14 @@ field and the allowed range, and exit status 2, instead of after some jobs have 
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import io
 import itertools
 import logging
+import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import hydra
 from omegaconf import DictConfig
@@ -42,13 +46,14 @@ def _expand(overrides: Sequence[str]) -> list[list[str]]:
 
 def prevalidate(argv: Sequence[str]) -> None:
     """Compose and validate every job of ``argv``; raise ``ConfigError`` on the first bad one."""
-    overrides = [a for a in argv if not a.startswith("-") and not a.startswith("hydra.")]
+    overrides = [a for a in argv if not a.startswith("-") and not _is_hydra_override(a)]
     try:
         jobs = _expand(overrides)
     except Exception as exc:  # noqa: BLE001 - Hydra's parser errors have many types
         raise fq_config.ConfigError(f"invalid override syntax: {exc}".splitlines()[0]) from None
-    for job in jobs:
-        fq_config.compose(job)
+    from .sweep_compose import validate_jobs
+
+    validate_jobs(jobs)  # = fq_config.compose of each job; each group choice composed once
 
 
 def _one_log_line_per_record() -> None:
@@ -75,7 +80,16 @@ def _hydra_main(cfg: DictConfig) -> float | None:
     hc = HydraConfig.get()
     overrides = list(hc.overrides.task)
     output_dir = cfg.output_dir or hc.runtime.output_dir
-    result = execute(cfg, output_dir, overrides)
+    from .deployment import DeploymentError
+
+    try:
+        result = execute(cfg, output_dir, overrides)
+    except fq_config.ConfigError as exc:  # e.g. a multirun job's output_dir in use
+        print(f"flower-qlearn: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except DeploymentError as exc:  # no SuperLink, a failed run: what failed, in one line
+        print(f"flower-qlearn: {exc}", file=sys.stderr)
+        sys.exit(1)
     final = result.history[-1] if result.history else {}
     key = next((k for k in ("theta_error", "gain_error") if final.get(k) is not None), "q_error")
     value = final.get(key)
@@ -98,6 +112,73 @@ def _check_launcher(argv: Sequence[str]) -> None:
         ) from None
 
 
+def _is_hydra_override(arg: str) -> bool:
+    """``hydra.run.dir=...``, ``+hydra.x=...``, ``hydra/launcher=...``: Hydra's own settings."""
+    return arg.lstrip("+~").startswith(("hydra.", "hydra/"))
+
+
+# What the command holds until it exits (the single run's output-dir lock).
+_HELD = contextlib.ExitStack()
+
+
+def _hold_output_dir(argv: Sequence[str]) -> None:
+    """A single run with ``output_dir=PATH`` locks PATH before Hydra writes anything into it,
+    so a second run into it is refused (``OutputDirInUse``, one line) with nothing written."""
+    from .outputs import hold_output_dir
+
+    given = [a.split("=", 1)[1] for a in argv if a.startswith("output_dir=")]
+    if given and given[-1] not in ("null", "") and not any(a in ("-m", "--multirun") for a in argv):
+        _HELD.enter_context(hold_output_dir(given[-1]))
+
+
+class _PipeSafeStdout:
+    """``sys.stdout`` that, once its reader is gone (``| head -1``), sends the rest of the
+    output to /dev/null: no BrokenPipeError, and a run still writes its results. Everything
+    else (``isatty``, ``encoding``, ``fileno``, ...) is the wrapped stream's."""
+
+    def __init__(self, stream: io.TextIOBase) -> None:
+        self._stream = stream
+
+    def _to_devnull(self) -> None:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, self._stream.fileno())
+        os.close(devnull)
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except BrokenPipeError:
+            self._to_devnull()
+            return len(text)
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            self._to_devnull()
+
+    def __getattr__(self, name: str):
+        return getattr(self._stream, name)
+
+
+def _console_entry(entry: Callable[[], None]) -> Callable[[], None]:
+    """A console script's wrapper: Ctrl-C ends it with one line and exit status 130 (the run
+    says where its partial results are); a closed stdout pipe is not an error."""
+
+    @functools.wraps(entry)
+    def wrapped() -> None:
+        if not isinstance(sys.stdout, _PipeSafeStdout) and sys.stdout is not None:
+            sys.stdout = _PipeSafeStdout(sys.stdout)
+        try:
+            with _HELD:
+                entry()
+        except KeyboardInterrupt as exc:
+            print(f"flower-qlearn: {exc.args[0] if exc.args else 'interrupted'}", file=sys.stderr)
+            sys.exit(130)
+
+    return wrapped
+
+
 def one_output_dir(argv: Sequence[str]) -> list[str]:
     """A single run with ``output_dir=PATH`` uses PATH as Hydra's run dir too, so PATH holds
     everything of the run: results, ``.hydra/`` (composed config, overrides) and the log."""
@@ -108,6 +189,7 @@ def one_output_dir(argv: Sequence[str]) -> list[str]:
     return [*argv, f"hydra.run.dir={given[-1]}"]
 
 
+@_console_entry
 def main() -> None:
     """Entry point of the ``flower-qlearn`` console script."""
     argv = sys.argv[1:]
@@ -120,13 +202,18 @@ def main() -> None:
         try:
             _check_launcher(argv)
             prevalidate(argv)
+            _hold_output_dir(argv)
         except fq_config.ConfigError as exc:
             print(f"flower-qlearn: {exc}", file=sys.stderr)
             sys.exit(2)
         sys.argv[1:] = one_output_dir(argv)
+    from .launcher import register as register_launcher
+
+    register_launcher()  # hydra/launcher=batched (Hydra finds launchers only by registration)
     _hydra_main()
 
 
+@_console_entry
 def plot_main() -> None:
     """Entry point of ``flower-qlearn-plot``: figures and tables of a run or multirun directory."""
     from .plot_command import main as plots_main

@@ -26,7 +26,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from . import schema
+from . import batched, schema
 from .defaults import config_dir, default_choices, group_defaults
 from .schema import ConfigError, Rule, int_at_least, one_of, options, positive, text
 from .strategies import delays, registry
@@ -35,7 +35,7 @@ from .strategies.protocol import flatten
 __all__ = ["ConfigError", "compose", "config_dir", "from_run_config", "to_run_config", "validate"]
 
 #: Where the Flower apps run (``engine=...``); each has its launcher in :mod:`flower_qlearn.api`.
-ENGINES = ("inprocess", "ray", "deployment")
+ENGINES = ("inprocess", "ray", "deployment", "batched")
 #: What the ServerApp does when fewer than ``num_clients`` nodes connected (``on_missing_nodes``).
 ON_MISSING_NODES = ("fail", "proceed")
 #: Run-config key: true when the run config is a whole composed config (see the module doc).
@@ -49,6 +49,7 @@ FULL_CONFIG_KEY = "full_config"
 # Composed configs by override string: composing costs ~20 ms, a sweep's validation composes
 # every job, and the ServerApp composes the group choices of every run config it is given.
 _CACHE: dict[str, DictConfig] = {}
+_UNCHECKED: dict[str, DictConfig] = {}  # compose(check=False): not validated (yet)
 
 
 def overrides_to_str(overrides: Sequence[str]) -> str:
@@ -56,7 +57,7 @@ def overrides_to_str(overrides: Sequence[str]) -> str:
     return shlex.join(list(overrides))
 
 
-def compose(overrides: Sequence[str] | str = ()) -> DictConfig:
+def compose(overrides: Sequence[str] | str = (), *, check: bool = True) -> DictConfig:
     """Compose ``conf/config.yaml`` with Hydra ``overrides`` and validate the result.
 
     Parameters
@@ -64,6 +65,10 @@ def compose(overrides: Sequence[str] | str = ()) -> DictConfig:
     overrides
         Hydra override strings (``["strategy=importance", "num_clients=4"]``) or one string of
         them separated by spaces (shell quoting allowed).
+    check
+        False: do not validate (for a caller that changes the config and validates the result,
+        e.g. :func:`from_run_config`: ``strategy=average_reward mdp=frozenlake`` is refused
+        alone, valid once the run config's ``mdp.terminal=reset`` is applied).
 
     Raises
     ------
@@ -74,6 +79,8 @@ def compose(overrides: Sequence[str] | str = ()) -> DictConfig:
     key = overrides_to_str(items)
     if key in _CACHE:
         return _CACHE[key]
+    if not check and key in _UNCHECKED:
+        return _UNCHECKED[key]
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
@@ -89,6 +96,9 @@ def compose(overrides: Sequence[str] | str = ()) -> DictConfig:
             cfg = hydra_compose(config_name="config", overrides=items)
     except HydraException as exc:
         raise ConfigError(_hydra_error_line(exc)) from None
+    if not check:
+        _UNCHECKED[key] = cfg
+        return cfg
     validate(cfg)
     _CACHE[key] = cfg
     return cfg
@@ -108,6 +118,10 @@ def _hydra_error_line(exc: Exception) -> str:
             opts.append(line)
         wanted = lines[0].split("Could not find")[-1].strip(" '").split("/")[-1]
         return f"invalid config: {group}={wanted} is not an option; allowed: {', '.join(opts)}"
+    if lines and lines[0].startswith("Could not override '"):  # num_client=4: a typo
+        from .known_keys import unknown_key_message
+
+        return unknown_key_message(lines[0].split("'")[1])
     return "invalid config: " + (" ".join(lines[:2]) if lines else type(exc).__name__)
 
 
@@ -178,6 +192,99 @@ RUN_RULES: tuple[Rule, ...] = (
 )
 
 
+# --- the remaining top-level keys, sizes that cannot fit, combinations that make no sense ------
+
+
+def _output_dir_ok(v: Any) -> bool:
+    from .outputs import output_dir_problem
+
+    return text(v) and output_dir_problem(v) is None
+
+
+def _output_dir_allowed(s: Mapping) -> str:
+    from .outputs import output_dir_problem
+
+    v = s.get("output_dir")
+    why = output_dir_problem(v) if text(v) else "not a path"
+    return f"null or a directory that can be created and written ({why})"
+
+
+def _sizes(s: Mapping) -> tuple[int, int, bool] | None:
+    """``(S, A, clients_here)`` of a config whose sizes are valid integers, else None."""
+    n_s, n_a = schema.get(s, "mdp.num_states"), schema.get(s, "mdp.num_actions")
+    if not (schema.is_int(n_s) and schema.is_int(n_a) and n_s >= 1 and n_a >= 1):
+        return None
+    return n_s, n_a, schema.get(s, "engine.name") != "deployment"
+
+
+def _memory() -> int | None:
+    from .resources import available_memory_bytes
+
+    return available_memory_bytes()
+
+
+def _table_too_large(s: Mapping) -> bool:
+    from .resources import fixed_bytes
+
+    sizes, available = _sizes(s), _memory()
+    return sizes is not None and available is not None and fixed_bytes(*sizes[:2]) > available
+
+
+def _table_allowed(s: Mapping) -> str:
+    from .resources import fixed_bytes, human_bytes
+
+    n_s, n_a, _ = _sizes(s) or (0, 0, True)
+    return (
+        f"a size whose transition tables fit in memory: 2 x 16 S A bytes = "
+        f"{human_bytes(fixed_bytes(n_s, n_a))} for S={n_s}, A={n_a}, "
+        f"{human_bytes(_memory() or 0)} available"
+    )
+
+
+def _too_many_clients(s: Mapping) -> bool:
+    from .resources import run_memory_bytes
+
+    k, sizes, available = s.get("num_clients"), _sizes(s), _memory()
+    if not schema.is_int(k) or sizes is None or available is None:
+        return False
+    return run_memory_bytes(k, sizes[0], sizes[1], clients_here=sizes[2]) > available
+
+
+def _clients_allowed(s: Mapping) -> str:
+    from .resources import human_bytes, max_clients, per_client_bytes, run_memory_bytes
+
+    n_s, n_a, here = _sizes(s) or (1, 1, True)
+    available = _memory() or 0
+    need = run_memory_bytes(int(s["num_clients"]), n_s, n_a, clients_here=here)
+    return (
+        f"an integer in [1, {max_clients(available, n_s, n_a, clients_here=here)}]: this run "
+        f"needs at least {human_bytes(need)} "
+        f"({human_bytes(per_client_bytes(n_s, n_a, clients_here=here))} per client at "
+        f"S={n_s}, A={n_a}), {human_bytes(available)} of memory available"
+    )
+
+
+def _average_reward_on_absorbing(s: Mapping) -> bool:
+    return (
+        schema.get(s, "strategy.name") == "average_reward"
+        and schema.get(s, "mdp.terminal") == "absorbing"
+    )
+
+
+INPUT_RULES: tuple[Rule, ...] = (
+    Rule("figures", schema.boolean, "true or false"),
+    Rule("sweep_figures", schema.boolean, "true or false"),
+    Rule("output_dir", _output_dir_ok, _output_dir_allowed, optional=True),
+    Rule("mdp.num_states", schema.never, _table_allowed, when=_table_too_large),
+    Rule("num_clients", schema.never, _clients_allowed, when=_too_many_clients),
+    Rule("mdp.terminal", schema.never,
+         "reset with strategy=average_reward (an absorbing terminal state makes the MDP "
+         "multichain and the gain blind to the episode's rewards: set mdp.terminal=reset, the "
+         "unichain variant)",
+         when=_average_reward_on_absorbing),
+)
+
+
 def all_rules() -> list[Rule]:
     """Every rule a composed config must satisfy."""
     registry.load_all()
@@ -186,6 +293,8 @@ def all_rules() -> list[Rule]:
         Rule("strategy.name", one_of(strategy_names), options(strategy_names)),
         *schema.TASK_RULES,
         *RUN_RULES,
+        *INPUT_RULES,
+        *batched.RULES,
         *delays.RULES,
         *registry.strategy_rules(),
     ]
@@ -199,8 +308,10 @@ def validate(cfg: DictConfig | Mapping) -> None:
     here, before any job starts or any output is written.
     """
     from .checkpoint import check_resume
+    from .known_keys import check_known
 
     plain = settings(cfg)
+    check_known(plain)  # +num_client=4, +foo=1, +mdp.bar=2: refused before any rule
     schema.validate(plain, all_rules())
     check_resume(plain)
 
@@ -305,7 +416,8 @@ def from_run_config(run_config: Mapping[str, Any]) -> DictConfig:
         choice = flat.get(f"{group}.name")
         if choice not in (None, "") and (full or choice != packaged.get(f"{group}.name")):
             choices.append(f"{group}={choice}")
-    cfg = copy.deepcopy(compose(choices))  # the composed config is cached: never mutate it
+    # cached: never mutate it; validated below, once the run config's values are applied
+    cfg = copy.deepcopy(compose(choices, check=False))
     known = set(flatten(to_container(cfg)))
     if full:  # a whole composed config (e.g. of a +experiment) may hold keys of its own
         OmegaConf.set_struct(cfg, False)
@@ -314,8 +426,14 @@ def from_run_config(run_config: Mapping[str, Any]) -> DictConfig:
             continue
         if not full and (value == "" or value == packaged.get(name)):
             continue  # not set: the chosen options' defaults apply
-        if name not in known and (value == "" or not full):
-            if value == "":  # a key of another group option, not set
+        if name not in known:
+            # A key of another group option, not set; or, in a whole config, a packaged key that
+            # Flower's fuse with pyproject.toml added (e.g. engine.concurrent of the default
+            # engine under engine=deployment): neither belongs to this config.
+            if value == "" or (full and name in packaged and value == packaged[name]):
+                continue
+            if full:  # a key of the whole composed config itself (e.g. plot.* of +experiment)
+                OmegaConf.update(cfg, name, _decode(name, value), merge=False)
                 continue
             raise ConfigError(
                 f"invalid run config: {name} is not a key of this config "

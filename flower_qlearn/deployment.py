@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -31,6 +32,27 @@ log = logging.getLogger("flower_qlearn")
 
 #: SuperLink connection written into a private ``FLWR_HOME`` when ``engine.connection`` is null.
 DEPLOYMENT_CONNECTION = "flower-qlearn"
+
+
+class DeploymentError(RuntimeError):
+    """A deployment run could not start or did not complete; the message is one line saying
+    what failed and what to do (the CLI prints it as is, exit status 1)."""
+
+
+def one_line(text: str) -> str:
+    """``text`` with its whitespace (newlines included) collapsed to single spaces."""
+    return " ".join(str(text).split())
+
+
+def superlink_unreachable(address: str, timeout: float = 3.0) -> str | None:
+    """Why nothing accepts TCP connections at ``address`` (host:port), or None if something
+    does: checked in a moment, where ``flwr run`` retries for about 20 s before it gives up."""
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+            return None
+    except (OSError, ValueError) as exc:
+        return getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
 
 
 def project_dir() -> Path:
@@ -123,7 +145,8 @@ def flwr_json(args: Sequence[str], env: dict, timeout: float = 120.0) -> dict:
         payload = {}
     if proc.returncode != 0 or not payload.get("success", False):
         detail = payload.get("error-message") or (proc.stderr or proc.stdout).strip()[-2000:]
-        raise RuntimeError(f"`flwr {' '.join(args)}` failed (exit {proc.returncode}): {detail}")
+        code = f" (exit {proc.returncode})" if proc.returncode else ""
+        raise RuntimeError(f"`flwr {' '.join(args)}` failed{code}: {one_line(detail)}")
     return payload
 
 
@@ -294,11 +317,13 @@ def run_deployment(cfg: Any, run_config: dict) -> None:
                 root_certificates=e.root_certificates,
                 insecure=bool(e.insecure),
             )
+            _check_superlink(e.address, bool(e.insecure))
         try:
             run_id = submit_run(run_config, connection, env, app_dir=e.app_dir)
         except RuntimeError as exc:
-            raise RuntimeError(
-                f"{exc}\n(check engine.address={e.address}, engine.root_certificates="
+            raise DeploymentError(
+                f"engine=deployment: submitting the run to {e.address or connection} failed: "
+                f"{one_line(exc)} (check engine.address={e.address}, engine.root_certificates="
                 f"{e.root_certificates}, engine.insecure={e.insecure}, engine.connection="
                 f"{e.connection}; the SuperLink must be running)"
             ) from None
@@ -313,16 +338,33 @@ def run_deployment(cfg: Any, run_config: dict) -> None:
         )
         if status != "finished:completed":
             tail = run_log(run_id, connection, env)[-3000:]
-            raise RuntimeError(f"deployment run {run_id} ended {status}; its log ends:\n{tail}")
+            log.error("deployment run %s ended %s; its log ends:\n%s", run_id, status, tail)
+            last = next((ln for ln in reversed(tail.splitlines()) if ln.strip()), "")
+            raise DeploymentError(
+                f"engine=deployment: run {run_id} on {e.address or connection} ended {status}; "
+                f"its last log line: {one_line(last)[-300:]}"
+            )
         out = output_dir_of(run_config)
         if out is not None and not (out / "summary.json").is_file():
-            raise RuntimeError(
+            raise DeploymentError(
                 f"deployment run {run_id} completed but {out} has no summary.json: the SuperLink "
                 "writes outputs on its own host; use a directory both machines see"
             )
     finally:
         if own_home:
             shutil.rmtree(flwr_home, ignore_errors=True)
+
+
+def _check_superlink(address: str, insecure: bool) -> None:
+    """Refuse at once, in one line, when no SuperLink listens at ``address``."""
+    why = superlink_unreachable(address)
+    if why is not None:
+        start = "flower-superlink" + (" --insecure" if insecure else " (with its TLS certificates)")
+        raise DeploymentError(
+            f"engine=deployment: no SuperLink reachable at engine.address={address} ({why}); "
+            f"start one ({start}, or python scripts/local_federation.py) with its SuperNodes, "
+            "or point engine.address at a running one"
+        )
 
 
 def output_dir_of(run_config: dict) -> Path | None:

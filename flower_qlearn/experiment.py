@@ -9,7 +9,9 @@ code runs on every engine; the settings are a validated composed config as a pla
 from __future__ import annotations
 
 import logging
+import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,8 +21,9 @@ from flwr.app import Array, ArrayRecord, MetricRecord
 from flwr.serverapp import Grid
 
 from . import checkpoint, outputs, progress
-from .agent import experiment_mdp
+from .agent import experiment_mdp, objective_mdp
 from .evaluation import Evaluator
+from .mc_eval import PolicyEvaluator
 from .strategies import registry
 from .strategies.protocol import COMPUTE_S, NUM_SAMPLES, PARTITION_ID, Q
 
@@ -45,6 +48,9 @@ class RunContext:
     samples: float = 0.0
     wall_start: float = 0.0
     wall_offset: float = 0.0  # wall time already spent before a resume
+    #: Extra per-round metrics of the global table, ``(round, q) -> dict`` (e.g. Monte-Carlo
+    #: episodes of its greedy policy, :mod:`flower_qlearn.mc_eval`); None: none.
+    policy_eval: Callable[[int, np.ndarray], dict] | None = None
     _first_round: int | None = None  # the first round this process recorded (for the rate)
 
     @property
@@ -66,6 +72,8 @@ class RunContext:
         row = {"round": server_round, "samples_per_agent": samples}
         row.update(metrics)
         row.update(self.evaluator(self.arrays[Q].numpy()))
+        if self.policy_eval is not None:
+            row.update(self.policy_eval(server_round, self.arrays[Q].numpy()))
         row["wall_s"] = self.wall_offset + time.perf_counter() - self.wall_start
         self.history.append(row)
         self._progress(row)
@@ -78,6 +86,14 @@ class RunContext:
         return self.arrays
 
     # --- checkpoint and resume ------------------------------------------------------------
+    def interrupted(self) -> KeyboardInterrupt:
+        """Ctrl-C: keep the rounds done so far in ``metrics.csv``; the one line to show."""
+        outputs.write_metrics(self.output_dir / outputs.METRICS_FILE, self.history)
+        return KeyboardInterrupt(
+            f"{_job_tag()}interrupted after round {self.completed_rounds}/{self.plan.num_rounds}"
+            f"; partial results in {self.output_dir / outputs.METRICS_FILE}"
+        )
+
     def checkpoint(self) -> Path:
         """Write the run's state atomically next to its metrics."""
         strategy, grid = self.plan.strategy, self.grid
@@ -133,16 +149,13 @@ def run_server(grid: Grid, settings: dict, output_dir: Path) -> list[dict]:
     """
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    mdp = experiment_mdp(settings["mdp"])
-    registry.load_all()
-    plan = registry.STRATEGIES[settings["strategy"]["name"]].build(settings, mdp)
-    evaluator = Evaluator(mdp, plan.objective, plan.ground_truth)
-    q0 = np.zeros(plan.iterate_shape or (mdp.num_states, mdp.num_actions))
+    mdp, plan, evaluator, q0 = setup_run(settings)
     run = RunContext(
         grid=grid,
         settings=settings,
         plan=plan,
         evaluator=evaluator,
+        policy_eval=PolicyEvaluator.from_settings(settings, mdp),
         output_dir=output_dir,
         arrays=ArrayRecord({Q: Array(q0)}),
         history=[],
@@ -158,27 +171,66 @@ def run_server(grid: Grid, settings: dict, output_dir: Path) -> list[dict]:
         mdp.num_actions,
         settings["num_clients"],
         plan.num_rounds,
-        settings["engine"]["name"],
+        engine_that_ran(grid),
         output_dir,
     )
-    plan.loop(
-        plan.strategy,
-        grid,
-        run.arrays,
-        plan.train_config,
-        plan.num_rounds,
-        start=run.completed_rounds,
-        round_timeout=float(settings["round_timeout"]),
-        on_round=run.record,
-    )
+    try:
+        plan.loop(
+            plan.strategy,
+            grid,
+            run.arrays,
+            plan.train_config,
+            plan.num_rounds,
+            start=run.completed_rounds,
+            round_timeout=float(settings["round_timeout"]),
+            on_round=run.record,
+        )
+    except KeyboardInterrupt:
+        raise run.interrupted() from None
     history = run.history
     wall = run.wall_offset + time.perf_counter() - run.wall_start
+    write_outputs(output_dir, settings, mdp, plan, evaluator, q0, history, run.arrays[Q].numpy(),
+                  wall, engine=engine_that_ran(grid))
+    return history
+
+
+def setup_run(settings: dict) -> tuple[Any, registry.Plan, Evaluator, np.ndarray]:
+    """The experiment's MDP, its plan (strategy, rounds), its evaluator and the initial table.
+
+    Shared by :func:`run_server` and the batched engine (:mod:`flower_qlearn.batched`).
+    """
+    mdp = experiment_mdp(settings["mdp"])
+    registry.load_all()
+    plan = registry.STRATEGIES[settings["strategy"]["name"]].build(settings, mdp)
+    # client.environment=own: the global objective (averaged environment), not mdp itself.
+    evaluator = Evaluator(objective_mdp(settings), plan.objective, plan.ground_truth)
+    q0 = np.zeros(plan.iterate_shape or (mdp.num_states, mdp.num_actions))
+    return mdp, plan, evaluator, q0
+
+
+def write_outputs(
+    output_dir: Path,
+    settings: dict,
+    mdp: Any,
+    plan: registry.Plan,
+    evaluator: Evaluator,
+    q0: np.ndarray,
+    history: list[dict],
+    q_final: np.ndarray,
+    wall: float,
+    engine: str | None = None,
+) -> None:
+    """Write a finished run's ``metrics.csv``, ``q_table.npy``, ``summary.json`` and figures.
+
+    Shared by :func:`run_server` and the batched engine (:mod:`flower_qlearn.batched`).
+    ``engine`` is the engine that really ran (default: the configured ``engine.name``).
+    """
     outputs.write_metrics(output_dir / outputs.METRICS_FILE, history)
-    np.save(output_dir / outputs.Q_TABLE_FILE, run.arrays[Q].numpy())
+    np.save(output_dir / outputs.Q_TABLE_FILE, q_final)
     summary = {
         "strategy": settings["strategy"]["name"],
         "mdp": mdp.name,
-        "engine": settings["engine"]["name"],
+        "engine": engine or settings["engine"]["name"],
         "num_clients": settings["num_clients"],
         "num_rounds": plan.num_rounds,
         "seed": settings["seed"],
@@ -197,7 +249,27 @@ def run_server(grid: Grid, settings: dict, output_dir: Path) -> list[dict]:
 
         plot_run(history, output_dir / "figures", objective=plan.objective, title=_title(settings))
     log.info("flower-qlearn: done in %.2fs, outputs in %s", wall, output_dir)
-    return history
+
+
+def engine_that_ran(grid: Grid) -> str:
+    """The engine a run's grid belongs to, whatever the config said: ``inprocess`` (our
+    in-process grid), ``ray`` (Flower's simulation runtime: ``engine=ray`` or a plain
+    ``flwr run`` on a simulation federation) or ``deployment`` (a SuperLink's grid); another
+    grid is named by its class."""
+    # A grid of a class cannot exist before its module is imported: look the classes up in
+    # sys.modules instead of importing flwr.superlink (~1 s of SQLAlchemy on every run).
+    from .inprocess import InProcessGrid
+
+    kinds = [(InProcessGrid, "inprocess")]
+    for module, cls, name in (("flwr.superlink.grid.inmemory_grid", "InMemoryGrid", "ray"),
+                              ("flwr.superlink.grid.http_grid", "HttpGrid", "deployment")):
+        kind = getattr(sys.modules.get(module), cls, None)
+        if kind is not None:
+            kinds.append((kind, name))
+    for kind, name in kinds:
+        if isinstance(grid, kind):
+            return name
+    return type(grid).__name__
 
 
 def _title(s: dict) -> str:

@@ -10,15 +10,24 @@ import csv
 import datetime as _dt
 import json
 import math
+import os
+import socket
+import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from .schema import ConfigError
+
 METRICS_FILE = "metrics.csv"
 SUMMARY_FILE = "summary.json"
 Q_TABLE_FILE = "q_table.npy"
 LOG_FILE = "flower-qlearn.log"  #: the run's log (Hydra names it after hydra.job.name)
+LOCK_FILE = ".flower-qlearn.lock"  #: held (flock) by the run writing into the directory
 
 #: Columns of ``metrics.csv`` in this order (DESIGN.md); extra metrics follow, sorted.
 METRIC_COLUMNS = (
@@ -107,3 +116,133 @@ class RunResult:
             q_table=np.load(out / Q_TABLE_FILE),
             output_dir=out,
         )
+
+
+# --------------------------------------------------------------------------------------------
+# Where a run may write: the output directory's checks and its lock
+# --------------------------------------------------------------------------------------------
+
+
+def output_dir_problem(output_dir: str | Path) -> str | None:
+    """Why ``output_dir`` cannot hold a run's outputs, in a few words; ``None`` if it can.
+
+    The directory (or its nearest existing ancestor, where it would be created) must be a
+    directory this process can write: probed with a temporary file that is removed at once,
+    which also catches read-only mounts and pseudo file systems (``/proc``) that permission
+    bits do not show, and root's writes into read-only directories that succeed.
+    """
+    path = Path(os.path.abspath(output_dir))  # as the run will use it (no ~ expansion)
+    node = path
+    while not os.path.lexists(node):
+        node = node.parent
+    if not node.is_dir():
+        return f"{node} is not a directory" + ("" if node == path else f" (inside {path})")
+    if node != path:  # creating it needs the ancestor searchable and writable
+        access = os.access(node, os.W_OK | os.X_OK)
+        if not access:
+            return f"cannot create it in {node} (not writable)"
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".flower-qlearn-probe-", dir=node)
+    except OSError as exc:
+        return f"{node} is not writable ({exc.strerror or type(exc).__name__})"
+    os.close(fd)
+    os.unlink(probe)
+    return None
+
+
+class OutputDirInUse(ConfigError):
+    """Another live run holds the output directory's lock; the message names it (one line)."""
+
+
+_HELD: dict[str, int] = {}  # resolved output dir -> the locked file descriptor, this process
+
+
+def _holder_text(fd: int) -> str:
+    try:
+        data = json.loads(os.pread(fd, 65536, 0).decode() or "{}")
+    except (OSError, ValueError):
+        data = {}
+    command = " ".join(data.get("command", [])) or "?"
+    return (
+        f"pid {data.get('pid', '?')} on {data.get('host', '?')}, started "
+        f"{data.get('started', '?')}: {command}"
+    )
+
+
+def _lock(path: Path) -> int:
+    """An open descriptor of ``path`` exclusively flock-ed; raise OutputDirInUse if held."""
+    import fcntl
+
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _holder_text(fd)
+            os.close(fd)
+            raise OutputDirInUse(
+                f"output_dir {path.parent} is in use by a running run ({holder}); wait for it "
+                "to end or choose another output_dir"
+            ) from None
+        try:  # the holder may have removed the file between our open and our flock
+            if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                return fd
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+
+
+@contextmanager
+def hold_output_dir(output_dir: str | Path) -> Iterator[Path]:
+    """Hold ``output_dir``'s lock for a run; a second run into it is refused with a message
+    naming this one (:class:`OutputDirInUse`).
+
+    The lock is an ``flock`` on ``output_dir/.flower-qlearn.lock`` recording the pid, host,
+    start time and command line: the kernel drops it when the process dies however it dies,
+    so a lock left by a killed run (a dead pid) is simply taken over. Re-entrant within a
+    process (the CLI holds it, then the run it starts takes it again).
+    """
+    directory = Path(output_dir).resolve()
+    key = str(directory)
+    if key in _HELD:
+        yield directory
+        return
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / LOCK_FILE
+    fd = _lock(path)
+    _HELD[key] = fd
+    started = _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    record = {"pid": os.getpid(), "host": socket.gethostname(), "started": started,
+              "command": [os.path.basename(sys.argv[0]), *sys.argv[1:]]}
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, json.dumps(record).encode(), 0)
+    try:
+        yield directory
+    finally:
+        del _HELD[key]
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+        os.close(fd)  # closing releases the flock
+
+
+def lock_holder(output_dir: str | Path) -> str | None:
+    """The run holding ``output_dir``'s lock, in words, or ``None`` if none (checked without
+    writing anything: for refusing a run before its first file is written)."""
+    directory = Path(output_dir).resolve()
+    if str(directory) in _HELD:
+        return None
+    try:
+        fd = os.open(directory / LOCK_FILE, os.O_RDONLY)
+    except OSError:
+        return None
+    import fcntl
+
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return _holder_text(fd)
+    finally:
+        os.close(fd)  # also releases the probe's shared lock
+    return None

@@ -18,8 +18,14 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .mdp import MDP_NAMES, TERMINAL_MODES
+from .attacks import ATTACKS
+from .families import ENVIRONMENTS, SEEDED_MDPS
+from .mc_eval import MC_METRICS
+from .mdp import GARNET_SUCCESSORS, MDP_NAMES, TERMINAL_MODES
+from .samplers import SAMPLERS
 from .sampling import BEHAVIORS, SAMPLINGS
+from .step_sizes import LR_SCHEDULES
+from .transitions import DENSE_LIMIT
 
 Settings = Mapping[str, Any]
 
@@ -38,11 +44,13 @@ class Rule:
 
     ``when(settings)`` says whether the rule applies; ``optional`` rules accept a missing or
     null value. A cross-field rule puts the violation in ``when`` and uses :func:`never`.
+    ``allowed`` may be a function of the settings when the range depends on them (e.g. the
+    sizes an MDP's construction fixes, or the clients that fit in memory).
     """
 
     field: str
     check: Callable[[Any], bool]
-    allowed: str
+    allowed: str | Callable[[Settings], str]
     when: Callable[[Settings], bool] = _always
     optional: bool = False
 
@@ -63,6 +71,11 @@ def lookup(settings: Settings, field: str) -> tuple[bool, Any]:
     return True, node
 
 
+def allowed_text(rule: Rule, settings: Settings) -> str:
+    """The allowed-range words of ``rule`` for these ``settings``."""
+    return rule.allowed(settings) if callable(rule.allowed) else rule.allowed
+
+
 def validate(settings: Settings, rules: Iterable[Rule]) -> None:
     """Check every applicable rule; raise :class:`ConfigError` on the first violation."""
     for rule in rules:
@@ -72,10 +85,13 @@ def validate(settings: Settings, rules: Iterable[Rule]) -> None:
         if not present or value is None:
             if rule.optional:
                 continue
-            raise ConfigError(f"invalid config: {rule.field} is missing; expected {rule.allowed}")
+            raise ConfigError(
+                f"invalid config: {rule.field} is missing; expected {allowed_text(rule, settings)}"
+            )
         if not rule.check(value):
             raise ConfigError(
-                f"invalid config: {rule.field}={value!r} is out of range; expected {rule.allowed}"
+                f"invalid config: {rule.field}={value!r} is out of range; expected "
+                f"{allowed_text(rule, settings)}"
             )
 
 
@@ -145,10 +161,80 @@ def _mdp_is(*names: str) -> Callable[[Settings], bool]:
     return lambda s: get(s, "mdp.name") in names
 
 
+def _perturbation_too_large(s: Settings) -> bool:
+    """``perturb`` mixes a dense random kernel in: refused where a dense P does not fit."""
+    n, a = get(s, "mdp.num_states"), get(s, "mdp.num_actions")
+    level = get(s, "client.heterogeneity")
+    sized = is_int(n) and is_int(a) and isinstance(level, int | float)
+    return sized and level > 0 and n * a * n > DENSE_LIMIT
+
+
 def _branching_too_large(s: Settings) -> bool:
     b, n = get(s, "mdp.branching"), get(s, "mdp.num_states")
     return get(s, "mdp.name") == "garnet" and is_int(b) and is_int(n) and b > n
 
+
+# What the MDP builders enforce (mdp.make_mdp, gym_mdp), checked before anything is built; the
+# sizes and map names come from those modules (mdp.fixed_sizes, gym_mdp.frozenlake_maps).
+_SIZE_FIELDS = ("mdp.num_states", "mdp.num_actions")
+
+
+def _frozenlake_maps() -> tuple[str, ...]:
+    from .gym_mdp import frozenlake_maps
+
+    return frozenlake_maps()
+
+
+def _fixed_size(s: Settings, index: int) -> int | None:
+    from .mdp import fixed_sizes
+
+    try:
+        sizes = fixed_sizes(
+            str(get(s, "mdp.name")),
+            map_name=str(get(s, "mdp.map_name", "4x4")),
+            is_slippery=bool(get(s, "mdp.is_slippery", True)),
+        )
+    except (ImportError, KeyError, ValueError):  # no Gymnasium, unknown map: the builder says
+        return None
+    return sizes[index]
+
+
+def _size_differs(index: int) -> Callable[[Settings], bool]:
+    def when(s: Settings) -> bool:
+        value = get(s, _SIZE_FIELDS[index])
+        fixed = _fixed_size(s, index) if is_int(value) else None
+        return fixed is not None and value != fixed
+
+    return when
+
+
+def _size_allowed(index: int) -> Callable[[Settings], str]:
+    def allowed(s: Settings) -> str:
+        name, fixed = get(s, "mdp.name"), _fixed_size(s, index)
+        where = f"{name} map {get(s, 'mdp.map_name')}" if name == "frozenlake" else name
+        words = _SIZE_FIELDS[index].split("_")[1]
+        return f"{fixed} ({where} has {fixed} {words} by construction)"
+
+    return allowed
+
+
+def _mc_without_gym(s: Settings) -> bool:
+    episodes = get(s, "mc_episodes")
+    return is_int(episodes) and episodes > 0 and (
+        get(s, "mdp.name") not in MC_METRICS or get(s, "mdp.terminal") != "absorbing"
+    )
+
+
+MDP_BUILDER_RULES: tuple[Rule, ...] = (
+    Rule("mdp.num_states", int_at_least(2), "an integer >= 2 (a RiverSwim chain)",
+         when=_mdp_is("riverswim")),
+    Rule("mdp.map_name", lambda v: v in _frozenlake_maps(),
+         lambda s: options(_frozenlake_maps()) + " (Gymnasium's FrozenLake maps)",
+         when=_mdp_is("frozenlake")),
+    Rule("mdp.is_slippery", boolean, "true or false", when=_mdp_is("frozenlake")),
+    Rule("mdp.num_states", never, _size_allowed(0), when=_size_differs(0)),
+    Rule("mdp.num_actions", never, _size_allowed(1), when=_size_differs(1)),
+)
 
 TASK_RULES: tuple[Rule, ...] = (
     Rule("num_clients", int_at_least(1), "an integer >= 1"),
@@ -175,4 +261,51 @@ TASK_RULES: tuple[Rule, ...] = (
     Rule("client.sleep_s", non_negative, "a number >= 0"),
     Rule("client.slow_agents", int_list(0), "a list of partition ids >= 0", optional=True),
     Rule("client.slow_sleep_s", non_negative, "a number >= 0", optional=True),
+    *(  # heterogeneous environments, mazes and the two-phase step size (docs/beyond_the_papers.md)
+        Rule("mdp.num_states", lambda v: is_int(v) and v >= 4 and math.isqrt(v) ** 2 == v,
+             "a square n^2 >= 4 (a maze has n x n cells)", when=_mdp_is("maze")),
+        Rule("mdp.wall_density", in_interval(0, 1, hi_open=True), "a number in [0, 1)",
+             when=_mdp_is("maze")),
+        Rule("mdp.slip", in_interval(0, 1), "a number in [0, 1]", when=_mdp_is("maze")),
+        Rule("client.environment", one_of(ENVIRONMENTS), options(ENVIRONMENTS), optional=True),
+        Rule("mdp.name", one_of(SEEDED_MDPS),
+             options(SEEDED_MDPS) + " (client.environment=own draws one member per agent)",
+             when=lambda s: get(s, "client.environment") == "own"),
+        Rule("client.lr_schedule", one_of(LR_SCHEDULES), options(LR_SCHEDULES), optional=True),
+        Rule("client.lr_after", in_interval(0, 1, lo_open=True), "a number in (0, 1]",
+             when=lambda s: get(s, "client.lr_schedule") == "two_phase"),
+        Rule("client.lr_switch_step", int_at_least(0), "an integer >= 0",
+             when=lambda s: get(s, "client.lr_schedule") == "two_phase"),
+        Rule("client.lr_schedule", never,
+             "constant when client.sync is adaptive (two_phase counts steps at a fixed period)",
+             when=lambda s: get(s, "client.lr_schedule") == "two_phase"
+             and get(s, "client.sync", "constant") != "constant"),
+        # Server-side Monte-Carlo evaluation (flower_qlearn.mc_eval): top-level run keys, absent
+        # (so skipped) in a client's task.
+        Rule("mc_episodes", int_at_least(0), "an integer >= 0 (0: off)", optional=True),
+        Rule("mc_every", int_at_least(1), "an integer >= 1", optional=True),
+        Rule("mc_max_steps", int_at_least(1), "an integer >= 1", optional=True),
+        Rule("mc_episodes", never,
+             "0 unless mdp is " + " or ".join(MC_METRICS) + " with mdp.terminal=absorbing",
+             when=_mc_without_gym),
+        # engine.name is absent from a client's task: these apply to the composed config only
+        Rule("client.lr_schedule", never,
+             "constant with engine=batched (two_phase: engine=inprocess)",
+             when=lambda s: get(s, "engine.name") == "batched"
+             and get(s, "client.lr_schedule", "constant") != "constant"),
+        Rule("mc_episodes", never, "0 with engine=batched (Monte Carlo: engine=inprocess)",
+             when=lambda s: get(s, "engine.name") == "batched"
+             and (get(s, "mc_episodes") or 0) != 0),
+    ),
+    # poisoning experiments (flower_qlearn.attacks, docs/robustness.md)
+    Rule("client.attack", one_of(ATTACKS), options(ATTACKS), optional=True),
+    Rule("client.attack_agents", int_list(0), "a list of partition ids >= 0", optional=True),
+    *MDP_BUILDER_RULES,  # after the generic size rules: sizes are integers here
+    # sparse transitions and samplers (flower_qlearn.transitions, samplers; docs/performance.md)
+    Rule("mdp.successors", one_of(GARNET_SUCCESSORS), options(GARNET_SUCCESSORS),
+         optional=True, when=_mdp_is("garnet")),
+    Rule("client.sampler", one_of(SAMPLERS), options(SAMPLERS), optional=True),
+    Rule("client.heterogeneity", never,
+         f"0 when S * A * S > {DENSE_LIMIT:.0e} (a perturbed kernel is dense)",
+         when=_perturbation_too_large),
 )

@@ -67,7 +67,8 @@ def test_a_whole_config_survives_the_round_trip_through_run_config(overrides):
          ["strategy=importance", "num_rounds=50", "client.learning_rate=0.1"]),
         # a chosen option keeps its own defaults (garnet's 10 states, not two_state's 2)
         ("mdp.name='garnet' mdp.num_actions=4", ["mdp=garnet", "mdp.num_actions=4"]),
-        ("mdp.name='frozenlake' mdp.map_name='8x8'", ["mdp=frozenlake", "mdp.map_name=8x8"]),
+        ("mdp.name='frozenlake' mdp.map_name='8x8' mdp.num_states=64",
+         ["mdp=frozenlake", "mdp.map_name=8x8", "mdp.num_states=64"]),  # 8x8: 64 states
         ("strategy.name='dasa' strategy.epsilon=0.2 delay.name='stragglers' delay.agents='[1]'",
          ["strategy=dasa", "strategy.epsilon=0.2", "delay=stragglers", "delay.agents=[1]"]),
     ],
