@@ -1,0 +1,159 @@
+"""Composing the many jobs of a sweep without composing each from scratch.
+
+Hydra composes a job in two steps: the defaults list (which config of each group: the costly
+part, ~50-100 ms) and then the plain value overrides (``seed=3``), applied by
+``ConfigLoaderImpl._apply_overrides_to_config``. The jobs of a sweep mostly differ only in
+values, so both helpers here compose each distinct set of *group* overrides once and apply each
+job's value overrides to a copy, with Hydra's own function:
+
+- :class:`SweepComposer` gives a multirun job's whole config (the hydra node included) as
+  ``load_sweep_config`` does; the first job of every group set with value overrides is also
+  composed by Hydra itself and compared, and any difference turns the shortcut off;
+- :func:`validate_jobs` composes and validates every job of a command line (the CLI's check
+  before anything runs); any job the shortcut cannot handle is composed as before.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+from collections.abc import Callable, Sequence
+
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+log = logging.getLogger("flower_qlearn")
+
+__all__ = ["SweepComposer", "split_overrides", "validate_jobs"]
+
+
+def split_overrides(overrides: Sequence[str], is_group: Callable[[str], bool]):
+    """``(group_lines, value_overrides, parsed)`` of a job's override strings.
+
+    A group override picks a config (``strategy=importance``, ``+experiment=x``); a value
+    override sets a key (``seed=3``). Returns None if an override is neither a plain group
+    choice nor a plain value change (deletions, additions, sweeps): compose those normally.
+    """
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides(list(overrides))
+    groups, values = [], []
+    for ov in parsed:
+        if ov.is_sweep_override() or ov.is_delete() or ov.is_force_add():
+            return None
+        if is_group(ov.key_or_group):
+            groups.append(ov.input_line)
+        elif ov.is_add() or ov.package is not None:
+            return None
+        else:
+            values.append(ov)
+    return groups, values, parsed
+
+
+class SweepComposer:
+    """``load_sweep_config`` for many jobs, each group set composed once (see module doc)."""
+
+    def __init__(self, config_loader, master_config: DictConfig) -> None:
+        self.loader = config_loader
+        self.master = master_config
+        self.enabled = True
+        self._hydra_load = config_loader.load_sweep_config  # Hydra's own, kept if patched
+        self._bases: dict[tuple, DictConfig] = {}
+        self._checked: set[tuple] = set()
+        self._jobs: dict[tuple, DictConfig] = {}
+
+    def install(self) -> None:
+        """Serve the loader's ``load_sweep_config`` from here while the sweep runs.
+
+        Hydra's sweeper composes every job once to validate the batch before launching it
+        (``Sweeper.validate_batch_is_legal``); with this, that composition is the shortcut's and
+        the launcher gets the same configs back instead of composing them again.
+        """
+        def load_sweep_config(master_config: DictConfig, sweep_overrides: list[str]):
+            if master_config is not self.master:
+                return self._hydra_load(master_config, sweep_overrides)
+            return self.load(sweep_overrides)
+
+        self.loader.load_sweep_config = load_sweep_config
+
+    def load(self, overrides: Sequence[str]) -> DictConfig:
+        """The job's config, as ``config_loader.load_sweep_config(master, overrides)``.
+
+        The same overrides give the same object (composed once per sweep).
+        """
+        job = tuple(overrides)
+        if job not in self._jobs:
+            self._jobs[job] = self._compose(overrides)
+        return self._jobs[job]
+
+    def _compose(self, overrides: Sequence[str]) -> DictConfig:
+        split = split_overrides(overrides, self.loader.repository.group_exists) if self.enabled \
+            else None
+        if split is None:
+            return self._hydra_load(self.master, list(overrides))
+        groups, values, parsed = split
+        key = tuple(groups)
+        if key not in self._bases:
+            self._bases[key] = self._hydra_load(self.master, groups)
+        cfg = self._apply(self._bases[key], values, parsed)
+        if values and key not in self._checked:
+            self._checked.add(key)
+            slow = self._hydra_load(self.master, list(overrides))
+            if _plain(slow) != _plain(cfg):
+                log.warning("sweep composition shortcut differs from Hydra's; composing every "
+                            "job in full")
+                self.enabled = False
+                return slow
+        return cfg
+
+    def _apply(self, base: DictConfig, values: list, parsed: list) -> DictConfig:
+        """A copy of ``base`` with the value overrides and the job's override lists."""
+        from hydra._internal.config_loader_impl import ConfigLoaderImpl, get_overrides_dirname
+
+        cfg = copy.deepcopy(base)
+        ConfigLoaderImpl._apply_overrides_to_config(values, cfg)
+        master_hydra = OmegaConf.to_container(self.master.hydra.overrides.hydra)
+        app = [ov for ov in parsed if not ov.is_hydra_override()]
+        with open_dict(cfg.hydra):
+            cfg.hydra.overrides.hydra = master_hydra + [
+                ov.input_line for ov in parsed if ov.is_hydra_override()]
+            cfg.hydra.overrides.task = [ov.input_line for ov in app]
+            dirname = cfg.hydra.job.config.override_dirname
+            cfg.hydra.job.override_dirname = get_overrides_dirname(
+                overrides=app, kv_sep=dirname.kv_sep, item_sep=dirname.item_sep,
+                exclude_keys=dirname.exclude_keys)
+        OmegaConf.copy_cache(from_config=self.master, to_config=cfg)
+        return cfg
+
+
+def _plain(cfg: DictConfig) -> dict:
+    return OmegaConf.to_container(cfg, resolve=False)
+
+
+def validate_jobs(jobs: Sequence[Sequence[str]]) -> None:
+    """Compose and validate every job (``flower_qlearn.config.compose`` semantics).
+
+    Raises :class:`~flower_qlearn.config.ConfigError` (one line) on the first bad job.
+    """
+    from hydra._internal.config_loader_impl import ConfigLoaderImpl
+
+    from . import config as fq_config
+
+    conf = fq_config.config_dir()
+
+    def is_group(key: str) -> bool:
+        return "/" in key or key == "hydra" or os.path.isdir(os.path.join(conf, key))
+
+    for job in jobs:
+        split = split_overrides(job, is_group)
+        if split is None or not split[1]:
+            fq_config.compose(job)
+            continue
+        groups, values, _ = split
+        try:
+            cfg = copy.deepcopy(fq_config.compose(groups, check=False))
+            ConfigLoaderImpl._apply_overrides_to_config(values, cfg)
+        except Exception:  # noqa: BLE001 - let compose say what is wrong, in its one line
+            fq_config.compose(job)
+            continue
+        fq_config.validate(cfg)

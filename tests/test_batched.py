@@ -1,0 +1,171 @@
+"""The batched engine, its RNG port and its launcher against the references they must equal.
+
+- :mod:`flower_qlearn.pcg64` against numpy's own SeedSequence -> PCG64 -> ``random``;
+- ``engine=batched`` against ``engine=inprocess`` (real Flower messages through the real apps):
+  every number of ``metrics.csv`` (``wall_s`` aside) and the final Q-table, bit for bit;
+- jobs batched together (tables stacked along the state axis for the strategy's aggregation)
+  against the same jobs run one by one on ``engine=inprocess``;
+- ``hydra/launcher=batched`` against Hydra's basic launcher (real ``flower-qlearn -m`` runs);
+- the refusals (one line, exit 2).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from flower_qlearn import config as fq_config
+from flower_qlearn import run_experiment
+from flower_qlearn.api import run_config_for
+from flower_qlearn.batched import BatchJob, run_jobs
+from flower_qlearn.outputs import read_metrics
+from flower_qlearn.pcg64 import fill_random, generator_state
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL = ["num_clients=4", "num_rounds=6", "client.local_steps=7", "figures=false", "log_every=0",
+         "mdp.num_actions=3"]
+
+
+def _numbers(rows: list[dict]) -> list[dict]:
+    """A metrics history without its one timing column and its empty (not applicable) cells."""
+    return [{k: v for k, v in row.items() if k != "wall_s" and v is not None} for row in rows]
+
+
+# --------------------------------------------------------------------------- the RNG port
+
+
+def _entropies() -> list[list[int]]:
+    rng = np.random.default_rng(12345)
+    cases = [[0], [0, 0], [0, 0, 0], [7, 0, 0], [1, 2, 0, 0, 0, 0], [2**32 - 1] * 3,
+             [3, 19, 600], list(range(9)), [0] * 9, [5, 0]]
+    for _ in range(200):
+        cases.append([int(x) for x in rng.integers(0, 2**32, int(rng.integers(1, 9)))])
+    return cases
+
+
+@pytest.mark.parametrize("chunk", [0, 1, 37])
+def test_pcg64_port_equals_numpy_seeding_and_doubles(chunk):
+    for entropy in _entropies():
+        reference = np.random.default_rng(entropy)
+        bits = reference.bit_generator.state["state"]
+        state, inc = generator_state(entropy)
+        assert (int(state[0]) << 64 | int(state[1])) == bits["state"], entropy
+        assert (int(inc[0]) << 64 | int(inc[1])) == bits["inc"], entropy
+        if chunk:
+            out = np.empty((chunk, 2))
+            fill_random(state, inc, out)
+            again = np.empty(chunk)  # the stream continues where it stopped
+            fill_random(state, inc, again)
+            assert np.array_equal(out, reference.random((chunk, 2)))
+            assert np.array_equal(again, reference.random(chunk))
+
+
+def test_pcg64_port_refuses_words_numpy_would_split():
+    with pytest.raises(ValueError, match="2\\*\\*32"):
+        generator_state([2**32])
+
+
+# --------------------------------------------------------------------------- engine = inprocess
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["strategy=equal", "client=markovian", "client.behavior=disjoint"],
+        ["strategy=importance", "client=markovian", "client.behavior=disjoint", "seed=3"],
+        ["strategy=importance", "client=markovian", "client.heterogeneity=0.3", "seed=5"],
+        ["strategy=equal", "client=generative", "client.heterogeneity=0.2", "seed=2"],
+        ["strategy=importance", "client=generative", "seed=1"],
+        ["strategy=equal", "mdp=garnet", "mdp.num_states=6", "client.behavior=dirichlet"],
+        ["strategy=average_reward", "client=generative", "strategy.num_epochs=3", "seed=4"],
+        ["strategy=average_reward", "client=generative", "mdp=riverswim", "mdp.num_states=5",
+         "mdp.num_actions=2", "client.heterogeneity=0.2", "strategy.num_epochs=3"],
+    ],
+)
+def test_batched_run_equals_inprocess_bit_for_bit(tmp_path, overrides):
+    common = [*SMALL, *overrides]
+    ref = run_experiment([*common, "engine=inprocess", f"output_dir={tmp_path / 'ref'}"])
+    fast = run_experiment([*common, "engine=batched", f"output_dir={tmp_path / 'fast'}"])
+    assert _numbers(fast.history) == _numbers(ref.history)
+    assert np.array_equal(fast.q_table, ref.q_table)
+    for key in ("initial", "ground_truth", "rejected_total", "num_rounds", "seed"):
+        assert fast.summary[key] == ref.summary[key]
+    assert fast.summary["engine"] == "batched"
+
+
+def _settings(overrides: list[str], out: Path) -> dict:
+    cfg = fq_config.compose(overrides)
+    return fq_config.settings(fq_config.from_run_config(run_config_for(cfg, out)))
+
+
+@pytest.mark.parametrize("strategy", ["equal", "importance"])
+def test_jobs_batched_together_equal_each_job_run_alone(tmp_path, strategy):
+    """Seeds, behaviors and heterogeneity differ inside one group: one compiled call per
+    round, one aggregation over the stacked tables; each job equals its own inprocess run."""
+    points = [["seed=0"], ["seed=4", "client.behavior=disjoint"],
+              ["seed=9", "client.heterogeneity=0.25"]]
+    jobs = [BatchJob(_settings([*SMALL, f"strategy={strategy}", "engine=batched", *p],
+                               tmp_path / f"b{i}"), tmp_path / f"b{i}")
+            for i, p in enumerate(points)]
+    run_jobs(jobs)
+    for i, point in enumerate(points):
+        ref = run_experiment([*SMALL, f"strategy={strategy}", "engine=inprocess", *point,
+                              f"output_dir={tmp_path / f'r{i}'}"])
+        assert _numbers(jobs[i].history) == _numbers(ref.history), point
+        assert np.array_equal(jobs[i].q_final, ref.q_table), point
+
+
+# --------------------------------------------------------------------------- the launcher
+
+
+def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "flower_qlearn", *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_batched_launcher_writes_the_basic_launchers_job_dirs(tmp_path):
+    sweep = ["-m", "+experiment=woo_heterogeneity", "num_rounds=4", "num_clients=3",
+             "seed=0,1", "sweep_figures=false"]
+    fast = _cli(*sweep, f"hydra.sweep.dir={tmp_path / 'fast'}", cwd=tmp_path)
+    assert fast.returncode == 0, fast.stderr[-2000:]
+    ref = _cli(*sweep, "engine=inprocess", "hydra/launcher=basic",
+               f"hydra.sweep.dir={tmp_path / 'ref'}", cwd=tmp_path)
+    assert ref.returncode == 0, ref.stderr[-2000:]
+    for job in range(8):  # 2 strategies x 2 behaviors x 2 seeds
+        a, b = tmp_path / "fast" / str(job), tmp_path / "ref" / str(job)
+        rows_a, rows_b = (read_metrics(d / "metrics.csv") for d in (a, b))
+        assert _numbers(rows_a) == _numbers(rows_b)
+        assert np.array_equal(np.load(a / "q_table.npy"), np.load(b / "q_table.npy"))
+        sa, sb = (json.loads((d / "summary.json").read_text()) for d in (a, b))
+        assert sa["config"]["seed"] == sb["config"]["seed"] and sa["config"]["engine"] == {
+            "name": "batched"}
+        assert sa["config"]["output_dir"] == str(a.resolve())
+        # the batched launcher turns per-job figures off, visibly (the sweep draws its own)
+        assert (a / ".hydra" / "overrides.yaml").read_text() == (
+            b / ".hydra" / "overrides.yaml").read_text().replace(
+            "- engine=inprocess\n", "") + "- figures=false\n"
+        assert not (a / "figures").exists() and (b / "figures").is_dir()
+    assert "Launching 8 jobs (8 batched)" in fast.stderr + fast.stdout
+
+
+def test_a_refused_strategy_is_one_line_exit_2(tmp_path):
+    out = _cli("engine=batched", "strategy=dasa", cwd=tmp_path)
+    assert out.returncode == 2
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and "strategy.name='dasa'" in lines[0]
+    assert "equal, importance, average_reward with engine=batched" in lines[0]
+
+
+@pytest.mark.parametrize("experiment", ["woo_heterogeneity", "woo_speedup"])
+def test_shipped_woo_experiments_default_to_batched_and_equal_inprocess(tmp_path, experiment):
+    common = [f"+experiment={experiment}", "num_rounds=8", "num_clients=3", "seed=2"]
+    fast = run_experiment([*common, f"output_dir={tmp_path / 'fast'}"])
+    ref = run_experiment([*common, "engine=inprocess", f"output_dir={tmp_path / 'ref'}"])
+    assert fast.summary["engine"] == "batched" and ref.summary["engine"] == "inprocess"
+    assert _numbers(fast.history) == _numbers(ref.history)
+    assert np.array_equal(fast.q_table, ref.q_table)
