@@ -22,6 +22,8 @@ import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord
 from flwr.serverapp import Grid
 
+from . import transport
+
 if TYPE_CHECKING:
     from flower_qlearn.agent import AgentEnv
     from flower_qlearn.mdp import TabularMDP
@@ -137,7 +139,7 @@ def synchronous_rounds(
     """
     for server_round in range(start + 1, num_rounds + 1):
         messages = strategy.configure_train(server_round, arrays, train_config, grid)
-        replies = grid.send_and_receive(messages, timeout=round_timeout)
+        replies = transport.send_and_receive(grid, messages, timeout=round_timeout)
         new_arrays, metrics = strategy.aggregate_train(server_round, replies)
         metrics = metrics if metrics is not None else MetricRecord()
         if on_round is not None:
