@@ -11,6 +11,7 @@ agent's first Markov state is drawn from ``SeedSequence([seed, k, 0])``.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
@@ -18,18 +19,28 @@ from typing import Any
 
 import numpy as np
 
+from .families import global_mdp, member_settings
 from .mdp import TabularMDP, make_mdp, perturb
-from .sampling import behavior_policy, cumulative
+from .samplers import ActionTable, NextStateTable, action_table, next_state_table
+from .sampling import behavior_policy
 
 
 @dataclass(frozen=True)
 class AgentEnv:
-    """Everything an agent samples from: its MDP and behavior policy, as cumulative tables."""
+    """Everything an agent samples from: its MDP and behavior policy, as sampling tables.
+
+    ``p_cdf`` is the MDP's :class:`~flower_qlearn.samplers.NextStateTable` for
+    ``client.sampler``: cached on the MDP's transition lists, so every agent of a process on
+    the same (unperturbed) MDP shares one read-only table. ``pi_cdf`` is the agent's own
+    :class:`~flower_qlearn.samplers.ActionTable`. (Names kept from the dense cumulative
+    tables they replace; the kernels accept both.)
+    """
 
     mdp: TabularMDP
     behavior: np.ndarray  # (S, A)
-    p_cdf: np.ndarray  # (S, A, S)
-    pi_cdf: np.ndarray  # (S, A)
+    p_cdf: NextStateTable  # (S, A, W) arrays, shared
+    pi_cdf: ActionTable  # (S, A) arrays
+    sampler: str = "cdf"
 
 
 def _mdp_key(mdp_settings: Mapping[str, Any]) -> tuple:
@@ -44,6 +55,23 @@ def experiment_mdp(mdp_settings: Mapping[str, Any]) -> TabularMDP:
 @lru_cache(maxsize=32)
 def _mdp_cached(key: tuple) -> TabularMDP:
     return make_mdp(**dict(key))
+
+
+def objective_mdp(settings: Mapping[str, Any]) -> TabularMDP:
+    """The MDP whose exact solution the server evaluates against.
+
+    The experiment's MDP, or with ``client.environment=own`` (each agent on its own member of
+    the family, :mod:`flower_qlearn.families`) the averaged environment of the
+    ``num_clients`` members: the global objective. Cached.
+    """
+    if settings["client"].get("environment", "shared") != "own":
+        return experiment_mdp(settings["mdp"])
+    return _global_cached(_mdp_key(settings["mdp"]), int(settings["num_clients"]))
+
+
+@lru_cache(maxsize=8)
+def _global_cached(mdp_key: tuple, num_agents: int) -> TabularMDP:
+    return global_mdp(dict(mdp_key), num_agents)
 
 
 def agent_env(
@@ -64,8 +92,11 @@ def agent_env(
         raise ValueError(f"heterogeneity={level} is outside [0, 1]")
     if perturb_seed is None:
         perturb_seed = int(np.random.SeedSequence([settings["seed"], agent]).generate_state(1)[0])
+    mdp_settings = settings["mdp"]
+    if c.get("environment", "shared") == "own":  # agent k on its own member of the family
+        mdp_settings = member_settings(mdp_settings, agent)
     key = (
-        _mdp_key(settings["mdp"]),
+        _mdp_key(mdp_settings),
         int(agent),
         int(settings["num_clients"]),
         str(c["behavior"]),
@@ -75,13 +106,15 @@ def agent_env(
         level,
         int(perturb_seed),
         int(settings["seed"]),
+        str(c.get("sampler", "cdf")),
     )
     return _agent_env_cached(key)
 
 
 @lru_cache(maxsize=1024)
 def _agent_env_cached(key: tuple) -> AgentEnv:
-    mdp_key, agent, num_agents, behavior, alpha, epsilon, groups, level, perturb_seed, seed = key
+    (mdp_key, agent, num_agents, behavior, alpha, epsilon, groups, level, perturb_seed, seed,
+     sampler) = key
     mdp = _mdp_cached(mdp_key)
     if level > 0:
         mdp = perturb(mdp, level, seed=perturb_seed)
@@ -96,7 +129,33 @@ def _agent_env_cached(key: tuple) -> AgentEnv:
         epsilon=epsilon,
         num_groups=groups,
     )
-    return AgentEnv(mdp=mdp, behavior=policy, p_cdf=cumulative(mdp.P), pi_cdf=cumulative(policy))
+    policy, table = _shared_policy(policy, sampler)
+    return AgentEnv(
+        mdp=mdp,
+        behavior=policy,
+        p_cdf=next_state_table(mdp.transitions, sampler),
+        pi_cdf=table,
+        sampler=sampler,
+    )
+
+
+# Behavior policies by content: agents with equal policies (uniform, disjoint groups) share one
+# read-only policy and table instead of an (S, A) pair each (320 MB at K=20, S=10^5, A=10).
+_POLICIES: dict[tuple, tuple[np.ndarray, ActionTable]] = {}
+_MAX_POLICIES = 64
+
+
+def _shared_policy(policy: np.ndarray, sampler: str) -> tuple[np.ndarray, ActionTable]:
+    """The process's copy of ``policy`` (equal bytes) and its sampling table."""
+    digest = hashlib.blake2b(np.ascontiguousarray(policy).tobytes(), digest_size=16).digest()
+    key = (digest, policy.shape, sampler)
+    if key not in _POLICIES:
+        if len(_POLICIES) >= _MAX_POLICIES:
+            _POLICIES.clear()
+        policy = np.array(policy, dtype=np.float64)
+        policy.flags.writeable = False
+        _POLICIES[key] = (policy, action_table(policy, sampler))
+    return _POLICIES[key]
 
 
 def round_rng(seed: int, agent: int, server_round: int) -> np.random.Generator:
