@@ -45,6 +45,7 @@ METRIC_LABELS = {
     "policy_gain_gap": "policy gain gap rho* - rho(greedy)",
     "samples_per_agent": "samples per agent",
     "round": "round",
+    "cumulative_bytes": "cumulative bytes, up + down (array payload)",
 }
 #: Legend entry of the values drawn on the bottom of a log axis.
 ZERO_LABEL = "0 (marked on the axis bottom)"

@@ -1,8 +1,9 @@
 """A sweep's curves: each group's metric versus x, averaged over seeds with a confidence band.
 
-:func:`aggregate` aligns a group's curves on a common x (``samples_per_agent`` or ``round``) and
-gives, at every x, the mean over seeds and its Student-t interval (:func:`~.stats.mean_band`);
-:func:`sweep_curves` does it for every group of a sweep and every metric.
+:func:`aggregate` aligns a group's curves on a common x (``samples_per_agent``, ``round`` or the
+derived ``cumulative_bytes``) and gives, at every x, the mean over seeds and its Student-t
+interval (:func:`~.stats.mean_band`); :func:`sweep_curves` does it for every group of a sweep
+and every metric.
 """
 
 from __future__ import annotations
@@ -16,8 +17,22 @@ import numpy as np
 from .stats import mean_band
 from .sweep_jobs import SEED_KEYS, Job, group_jobs, group_label, varying_keys
 
-#: Allowed x axes of the curves (columns of ``metrics.csv``).
-X_AXES: tuple[str, ...] = ("samples_per_agent", "round")
+#: Allowed x axes of the curves: columns of ``metrics.csv``, and the derived ``DERIVED_X``.
+X_AXES: tuple[str, ...] = ("samples_per_agent", "round", "cumulative_bytes")
+#: x axes computed from a job's columns: ``cumulative_bytes`` is the running total of the
+#: array payload the strategies report (``bytes_up + bytes_down``, an empty cell counting 0),
+#: i.e. the traffic spent up to and including each round.
+DERIVED_X: dict[str, tuple[str, ...]] = {"cumulative_bytes": ("bytes_up", "bytes_down")}
+
+
+def x_column(job: Job, x: str) -> np.ndarray:
+    """The x values of ``job`` on axis ``x`` (a ``metrics.csv`` column or a ``DERIVED_X``)."""
+    if x in DERIVED_X:
+        total = sum(np.nan_to_num(job.column(c)) for c in DERIVED_X[x])
+        return np.cumsum(total)
+    return job.column(x)
+
+
 #: Metrics plotted by default, in this order, when a sweep has values for them.
 ERROR_METRICS: tuple[str, ...] = (
     "normalized_q_error",
@@ -67,13 +82,13 @@ def aggregate(
         raise ValueError(f"x must be one of {', '.join(X_AXES)}, got {x!r}")
     common: set[float] | None = None
     for job in jobs:
-        xs = set(job.column(x).tolist())
+        xs = set(x_column(job, x).tolist())
         common = xs if common is None else common & xs
     grid = np.array(sorted(common or ()))
     values = np.full((len(jobs), len(grid)), np.nan)
     rounds = np.full(len(grid), np.nan)
     for i, job in enumerate(jobs):
-        xs, ys, rs = job.column(x), job.column(metric), job.column("round")
+        xs, ys, rs = x_column(job, x), job.column(metric), job.column("round")
         index = {v: j for j, v in enumerate(xs.tolist())}  # last occurrence wins (resumed runs)
         cols = [index[v] for v in grid.tolist()]
         values[i] = ys[cols]
