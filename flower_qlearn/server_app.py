@@ -55,7 +55,7 @@ def check_nodes(grid: Grid, settings: dict) -> list[int]:
     A node that joins after the start (anyone who can register a key with the SuperLink can,
     docs/deployment.md "Security") is not refused here but reply by reply: the strategy's own
     node -> partition map rejects a partition already held or outside ``0..num_clients-1``
-    (:func:`~flower_qlearn.strategies.validation.screen_replies`).
+    (:func:`~flower_qlearn.strategies.identity.screen_replies`).
     """
     from .inprocess import InProcessGrid
     from .strategies.base import wait_for_nodes

@@ -32,6 +32,7 @@ from flwr.common import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result, Strategy
 
+from .identity import Outbox, PartitionMap, Screened, screen_replies
 from .protocol import (
     ARRAYS,
     CONFIG,
@@ -45,15 +46,7 @@ from .protocol import (
     Q,
 )
 from .transport import fast_pulls
-from .validation import (
-    ArraySpec,
-    ClientUpdate,
-    Outbox,
-    PartitionMap,
-    Screened,
-    payload_bytes,
-    screen_replies,
-)
+from .validation import ArraySpec, ClientUpdate, payload_bytes
 
 # Per-round bookkeeping metrics; a client metric with one of these names is not averaged.
 ROUND_METRICS = ("accepted", "rejected", "missing", "bytes_up", "bytes_down", "kept_previous")
@@ -158,7 +151,7 @@ class QTableStrategy(Strategy):
         beyond `value_bound`.
     num_partitions : int, optional
         The run's number of agents: a reply's ``partition_id`` must be in
-        ``0 .. num_partitions - 1`` (:class:`~.validation.PartitionMap`). None: any id >= 0.
+        ``0 .. num_partitions - 1`` (:class:`~.identity.PartitionMap`). None: any id >= 0.
 
     Attributes
     ----------
@@ -275,12 +268,12 @@ class QTableStrategy(Strategy):
         self._round_steps = round_steps(train_config)
         return messages
 
-    # --- replies: identity and consistency (validation.screen_replies) ----------------------
+    # --- replies: identity and consistency (identity.screen_replies) ----------------------
     def check_update(self, update: ClientUpdate) -> None:
         """A strategy's own rule on a parsed reply (raise ``InvalidReply``); default: none."""
 
     def screen(self, server_round: int, replies: list[Message]) -> Screened:
-        """Screen one call's replies (:func:`~.validation.screen_replies`); log the rejected."""
+        """Screen one call's replies (:func:`~.identity.screen_replies`); log the rejected."""
         screened = screen_replies(
             replies,
             self.outbox,

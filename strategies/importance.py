@@ -20,12 +20,13 @@ from flower_qlearn.schema import Rule, one_of
 
 from .base import AveragingStrategy, common_args
 from .equal import Q_LEARNING, q_learning_config
+from .identity import check_visit_counts
 from .protocol import COUNTS, Q
 from .registry import Plan, StrategySpec, register
 from .robust import ROBUST_RULES, Robust, robust_importance_average
 from .sync import RULES as SYNC_RULES
 from .sync import AdaptiveSync, SyncSchedule
-from .validation import ArraySpec, ClientUpdate, check_visit_counts
+from .validation import ArraySpec, ClientUpdate
 
 
 def importance_weights(counts: np.ndarray, learning_rate: float) -> np.ndarray:

@@ -20,14 +20,13 @@ from flower_qlearn.strategies import (
     equal_average,
     importance_average,
 )
-from flower_qlearn.strategies.validation import (
-    InvalidReply,
+from flower_qlearn.strategies.identity import (
     Outbox,
     assign_partition,
-    check_metrics,
     check_visit_counts,
     screen_replies,
 )
+from flower_qlearn.strategies.validation import InvalidReply, check_metrics
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.common.constant import SUPERLINK_NODE_ID

@@ -60,6 +60,7 @@ from flower_qlearn.schema import (
 
 from ..base import QTableStrategy, wait_for_nodes
 from ..delays import DelayModel
+from ..identity import check_iteration
 from ..protocol import (
     ARRAYS,
     CONFIG,
@@ -70,7 +71,7 @@ from ..protocol import (
     TASK,
     Q,
 )
-from ..validation import ArraySpec, ClientUpdate, check_iteration, payload_bytes
+from ..validation import ArraySpec, ClientUpdate, payload_bytes
 from .buffer import DelayBuffer
 from .rule import NO_DEFENCE, NORMS, RULES, Defence, Operator, Step, aggregate_step
 
@@ -88,7 +89,7 @@ class DASA(QTableStrategy):
     shape ``shape`` (the Q-table ``(S, A)``, or ``(d,)`` for TD). Reply: ``"arrays"``
     with ``"g"`` (same shape) float64 and ``"metrics"`` with ``"partition_id"`` (the agent it
     claims to be) and ``"iteration"`` (the ``t`` it was computed at, echoed back). Replies are
-    screened by the shared :func:`flower_qlearn.strategies.validation.screen_replies`: only a
+    screened by the shared :func:`flower_qlearn.strategies.identity.screen_replies`: only a
     reply to an instruction the server sent counts; the agent slot is the server's partition
     of the node (fixed at its first valid reply) and the operator's iteration is the one the
     server sent that node (the echo must agree).
