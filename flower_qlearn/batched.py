@@ -18,7 +18,7 @@ Jobs form a group when they differ only in ``seed``, ``client.behavior`` and
 ``client.heterogeneity`` (:func:`group_key`); the launcher
 (:mod:`flower_qlearn.launcher`) runs a multirun's groups this way. What the engine does not
 reproduce is refused by :data:`RULES` before anything runs (one line): strategies other than
-:data:`STRATEGIES`, checkpoints and resume, slow clients. A reply the strategy would reject
+:data:`STRATEGIES`, checkpoints and resume, slow clients, attacks. A reply the strategy would reject
 (non-finite, beyond the value bound) stops the run with one line: a rejected reply cannot be
 left out of one job of a batch.
 """
@@ -73,6 +73,10 @@ RULES: tuple[Rule, ...] = (
          when=_uses("resume", None)),
     Rule("client.sleep_s", schema.never, "0 with engine=batched (slow clients: engine=inprocess)",
          when=_uses("client.sleep_s", 0.0)),
+    # Attacks are applied by the ClientApp (flower_qlearn.attacks), which this engine never runs.
+    Rule("client.attack", schema.never,
+         "none with engine=batched (attacks run in the ClientApp: engine=inprocess)",
+         when=_uses("client.attack", "none")),
 )
 
 

@@ -161,6 +161,15 @@ def test_a_refused_strategy_is_one_line_exit_2(tmp_path):
     assert "equal, importance, average_reward with engine=batched" in lines[0]
 
 
+def test_an_attack_is_refused_not_silently_run_honest(tmp_path):
+    out = _cli("engine=batched", "client.attack=max_value", "client.attack_agents=[0]",
+               f"output_dir={tmp_path / 'a'}", cwd=tmp_path)
+    assert out.returncode == 2 and not (tmp_path / "a").exists()
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and "client.attack='max_value'" in lines[0]
+    assert "none with engine=batched" in lines[0]
+
+
 @pytest.mark.parametrize("experiment", ["woo_heterogeneity", "woo_speedup"])
 def test_shipped_woo_experiments_default_to_batched_and_equal_inprocess(tmp_path, experiment):
     common = [f"+experiment={experiment}", "num_rounds=8", "num_clients=3", "seed=2"]
