@@ -267,6 +267,7 @@ def _run_group(jobs: Sequence[BatchJob]) -> None:
         ]
         q_global = np.ascontiguousarray(strategy.aggregate(updates), dtype=np.float64)
         q_global = q_global.reshape(num_jobs, num_states, num_actions)
+        errors = evaluator.many(q_global)
         wall = time.perf_counter() - start
         for j, job in enumerate(jobs):
             samples[j] += float(done_steps)
@@ -282,7 +283,7 @@ def _run_group(jobs: Sequence[BatchJob]) -> None:
                 "kept_previous": 0,
                 **extra,
             }
-            row.update(evaluator(q_global[j]))
+            row.update(errors[j])
             row["wall_s"] = wall
             job.history.append(row)
         _progress(server_round, plan.num_rounds, s, start, num_jobs)

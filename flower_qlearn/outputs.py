@@ -65,6 +65,8 @@ def write_metrics(path: Path, history: list[dict]) -> None:
 def _parse_cell(text: str | None) -> int | float | None:
     if text is None or text == "":  # a short (truncated) row's missing cells are empty too
         return None
+    if "." in text or "e" in text or "n" in text:  # 0.25, 1e-05, nan, inf: never an int
+        return float(text)
     try:
         return int(text)
     except ValueError:
