@@ -23,7 +23,9 @@ from omegaconf import DictConfig, OmegaConf
 from . import config as fq_config
 from .outputs import LOG_FILE, RunResult, default_output_dir, hold_output_dir
 
-__all__ = ["RunResult", "execute", "run_config_for", "run_experiment"]
+__all__ = [
+    "RunResult", "execute", "final_metric", "result_line", "run_config_for", "run_experiment",
+]
 
 
 def run_config_for(cfg: DictConfig, output_dir: Path) -> dict:
@@ -51,10 +53,29 @@ def record_run(cfg: DictConfig, output_dir: Path, overrides: Sequence[str]) -> l
     hydra_dir.mkdir(parents=True, exist_ok=True)
     (hydra_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
     (hydra_dir / "overrides.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(list(overrides))))
-    handler = logging.FileHandler(output_dir / LOG_FILE)
+    return job_log_handler(output_dir)
+
+
+def job_log_handler(output_dir: Path) -> logging.Handler:
+    """The handler of a run's log file (``flower-qlearn.log``), in Hydra's job-log format."""
+    handler = logging.FileHandler(Path(output_dir) / LOG_FILE)
     handler.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
     handler.setLevel(logging.INFO)
     return handler
+
+
+def final_metric(history: Sequence[dict]) -> tuple[str, float | None]:
+    """The metric a run reports (its task's return value): the last round's ``theta_error``
+    or ``gain_error`` where the run has one, else its ``q_error``."""
+    final = history[-1] if history else {}
+    key = next((k for k in ("theta_error", "gain_error") if final.get(k) is not None), "q_error")
+    return key, final.get(key)
+
+
+def result_line(strategy: str, history: Sequence[dict], output_dir: Path) -> str:
+    """The one line the CLI prints when a run ends: its final metric and where its outputs are."""
+    key, value = final_metric(history)
+    return f"{strategy}: final {key}={value} after {len(history)} rounds -> {output_dir}"
 
 
 def execute(cfg: DictConfig, output_dir: Path, overrides: Sequence[str] = ()) -> RunResult:

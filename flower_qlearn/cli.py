@@ -74,7 +74,7 @@ def _one_log_line_per_record() -> None:
 def _hydra_main(cfg: DictConfig) -> float | None:
     from hydra.core.hydra_config import HydraConfig
 
-    from .api import execute
+    from .api import execute, final_metric, result_line
 
     _one_log_line_per_record()
     hc = HydraConfig.get()
@@ -90,13 +90,8 @@ def _hydra_main(cfg: DictConfig) -> float | None:
     except DeploymentError as exc:  # no SuperLink, a failed run: what failed, in one line
         print(f"flower-qlearn: {exc}", file=sys.stderr)
         sys.exit(1)
-    final = result.history[-1] if result.history else {}
-    key = next((k for k in ("theta_error", "gain_error") if final.get(k) is not None), "q_error")
-    value = final.get(key)
-    print(
-        f"{cfg.strategy.name}: final {key}={value} after {len(result.history)} rounds "
-        f"-> {result.output_dir}"
-    )
+    print(result_line(str(cfg.strategy.name), result.history, result.output_dir))
+    _, value = final_metric(result.history)
     return value
 
 

@@ -9,13 +9,16 @@ This one works in three passes, in one process:
    ``batched`` (:mod:`flower_qlearn.batched`);
 2. compute those jobs together: jobs that differ only in seed, behavior or heterogeneity form a
    group that one compiled call per round runs (:func:`flower_qlearn.batched.run_jobs`);
-3. run every job through Hydra's own ``run_job``, in order, exactly as the basic launcher does:
-   each job gets its directory, ``.hydra/``, its log, its callbacks; a batched job's task then
-   only writes the results pass 2 computed (:func:`take_computed`), any other job (another
-   engine) runs there, one by one.
+3. finish every job, in order: a computed job gets what Hydra's ``run_job`` would give it
+   (its directory, ``.hydra/config.yaml``, ``hydra.yaml`` and ``overrides.yaml`` written as
+   Hydra writes them, its log, the job callbacks with a completed ``JobReturn``) and its
+   results (:func:`flower_qlearn.batched.write_job`), without ``run_job``'s per-job deep copies
+   of the whole config (:func:`finish_computed`); any other job (another engine, an invalid
+   one) runs through Hydra's own ``run_job``, one by one.
 
 So every job's directory holds the same files as with the basic launcher, and the sweep
-callbacks (figures, progress: :mod:`flower_qlearn.sweep_callback`) see the same job returns.
+callbacks (figures, progress: :mod:`flower_qlearn.sweep_callback`) see the same job returns
+(``tests/test_batched.py`` compares the files of both launchers).
 
 Hydra instantiates launchers only from its ``hydra_plugins`` namespace; the installed package
 stays ``flower_qlearn`` alone, so :func:`register` adds the class to Hydra's plugin registry
@@ -25,7 +28,6 @@ under ``hydra_plugins.flower_qlearn.BatchedLauncher`` (the ``_target_`` of
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 import os
@@ -33,10 +35,17 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
-from hydra.core.utils import JobReturn, configure_log, filter_overrides, run_job, setup_globals
+from hydra.core.utils import (
+    JobReturn,
+    JobStatus,
+    configure_log,
+    filter_overrides,
+    run_job,
+    setup_globals,
+)
 from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
-from omegaconf import DictConfig, OmegaConf, open_dict, read_write
+from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict, read_write
 
 from .batched import BatchJob
 from .sweep_compose import SweepComposer
@@ -76,7 +85,7 @@ class BatchedLauncher(Launcher):
         self.config = config
         self.hydra_context = hydra_context
         self.task_function = task_function
-        self.composer = SweepComposer(hydra_context.config_loader, config)
+        self.composer = SweepComposer(hydra_context.config_loader, config, without_job_figures)
         self.composer.install()  # the sweeper's validation composes the jobs for us
 
     def launch(
@@ -89,18 +98,24 @@ class BatchedLauncher(Launcher):
         Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
         configs = []
         for idx, overrides in enumerate(job_overrides, start=initial_job_idx):
-            overrides = without_job_figures(overrides)
+            overrides = without_job_figures(overrides)  # what the composer composes
             sweep_config = self.composer.load(list(overrides))
             with open_dict(sweep_config):
                 sweep_config.hydra.job.id = idx
                 sweep_config.hydra.job.num = idx
+            with read_write(sweep_config.hydra.runtime), open_dict(sweep_config.hydra.runtime):
+                sweep_config.hydra.runtime.output_dir = os.path.abspath(_job_dir(sweep_config))
             configs.append((idx, overrides, sweep_config))
-        batch = [job for job in (_batch_job(cfg) for _, _, cfg in configs) if job is not None]
+        jobs = [_batch_job(cfg) for _, _, cfg in configs]
+        batch = [job for job, _ in filter(None, jobs)]
         log.info("Launching %d jobs (%d batched)", len(configs), len(batch))
         _compute(batch)
         runs = []
-        for idx, overrides, sweep_config in configs:
+        for (idx, overrides, sweep_config), computed in zip(configs, jobs, strict=True):
             log.info("\t#%d : %s", idx, " ".join(filter_overrides(overrides)))
+            if computed is not None:
+                runs.append(self.finish_computed(sweep_config, *computed))
+                continue
             runs.append(
                 run_job(
                     hydra_context=self.hydra_context,
@@ -113,6 +128,78 @@ class BatchedLauncher(Launcher):
             configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         _COMPUTED.clear()
         return runs
+
+
+    def finish_computed(
+        self, sweep_config: DictConfig, job: BatchJob, task_cfg: DictConfig
+    ) -> JobReturn:
+        """What ``run_job`` does for a job whose results pass 2 computed, more cheaply.
+
+        The same files (Hydra's ``_save_config`` for the three ``.hydra`` files, the job's log
+        with the job-logging format, the results by :func:`~flower_qlearn.batched.write_job`),
+        the same callbacks and the same ``JobReturn``; the job's one-line result goes to the
+        console as the CLI's task prints it.
+        """
+        from hydra.core.utils import JobRuntime, _flush_loggers, env_override
+
+        from .api import final_metric, job_log_handler, result_line
+        from .batched import write_job
+        from .outputs import hold_output_dir
+
+        assert self.hydra_context is not None
+        callbacks = self.hydra_context.callbacks
+        HydraConfig.instance().cfg = sweep_config  # what HydraConfig.get() returns in the hooks
+        job_dir = Path(str(sweep_config.hydra.runtime.output_dir))
+        job_dir.mkdir(parents=True, exist_ok=True)
+        subdir = sweep_config.hydra.output_subdir
+        if subdir is not None:
+            _save_yaml(job_dir / str(subdir), {
+                "config.yaml": task_cfg,
+                "hydra.yaml": {"hydra": sweep_config.hydra},
+                "overrides.yaml": sweep_config.hydra.overrides.task,
+            })
+        handler = job_log_handler(job_dir)
+        root = logging.getLogger()
+        root.addHandler(handler)
+        try:
+            with env_override(sweep_config.hydra.job.env_set):
+                callbacks.on_job_start(config=sweep_config, task_function=self.task_function)
+                with hold_output_dir(job.output_dir):
+                    write_job(job)
+                _, value = final_metric(job.history)
+                print(result_line(job.settings["strategy"]["name"], job.history, job.output_dir))
+            ret = JobReturn(
+                overrides=list(sweep_config.hydra.overrides.task), cfg=task_cfg,
+                hydra_cfg=sweep_config, status=JobStatus.COMPLETED, _return_value=value,
+                working_dir=str(job_dir) if sweep_config.hydra.job.chdir else os.getcwd(),
+                task_name=JobRuntime.instance().get("name"))
+            _flush_loggers()
+            callbacks.on_job_end(config=sweep_config, job_return=ret)
+        finally:
+            root.removeHandler(handler)
+            handler.close()
+        return ret
+
+
+def _save_yaml(directory: Path, files: Mapping[str, object]) -> None:
+    """Hydra's ``_save_config`` for each file (``OmegaConf.to_yaml`` of the node), faster:
+    :func:`~flower_qlearn.yaml_text.omegaconf_yaml` of the node's plain container."""
+    from .yaml_text import omegaconf_yaml
+
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, node in files.items():
+        plain = OmegaConf.to_container(node, resolve=False, enum_to_str=True) if isinstance(
+            node, (DictConfig, ListConfig)) else {
+            k: OmegaConf.to_container(v, resolve=False, enum_to_str=True) for k, v in node.items()}
+        (directory / name).write_text(omegaconf_yaml(plain), encoding="utf-8")
+
+
+def _job_dir(sweep_config: DictConfig) -> str:
+    """The job's directory, as ``run_job`` names it (``hydra.sweep.dir``/``subdir``)."""
+    return os.path.join(
+        str(OmegaConf.select(sweep_config, "hydra.sweep.dir")),
+        str(OmegaConf.select(sweep_config, "hydra.sweep.subdir")),
+    )
 
 
 def without_job_figures(overrides: Sequence[str]) -> list[str]:
@@ -138,34 +225,42 @@ def _compute(batch: list[BatchJob]) -> None:
         _COMPUTED[settings_key(job.settings)] = job
 
 
-def _batch_job(sweep_config: DictConfig) -> BatchJob | None:
-    """The job of ``sweep_config`` if it runs on the batched engine and is valid, else None.
+def _batch_job(sweep_config: DictConfig) -> tuple[BatchJob, DictConfig] | None:
+    """The job of ``sweep_config`` and its task config, if it runs on the batched engine and
+    is valid, else None.
 
-    Its settings are those its task will see (:func:`flower_qlearn.api.run_config_for` with the
-    job's output directory, as ``run_job`` names it). An invalid job is left to pass 3, which
-    fails it with its one-line reason.
+    Its settings are those its task would see (:func:`flower_qlearn.api.run_config_for` with
+    the job's output directory, as ``run_job`` names it); its task config is ``run_job``'s (the
+    config without its ``hydra`` node). An invalid job is left to pass 3, which fails it with
+    its one-line reason.
     """
     from . import config as fq_config
     from .api import run_config_for
 
     if OmegaConf.select(sweep_config, "engine.name") != "batched":
         return None
-    HydraConfig.instance().set_config(sweep_config)  # for ${hydra:...} in the job's config
-    task_cfg = copy.deepcopy(sweep_config)
-    with read_write(task_cfg), open_dict(task_cfg):
-        del task_cfg["hydra"]
-    job_dir = os.path.join(
-        str(OmegaConf.select(sweep_config, "hydra.sweep.dir")),
-        str(OmegaConf.select(sweep_config, "hydra.sweep.subdir")),
-    )
-    output_dir = Path(task_cfg.output_dir or os.path.abspath(job_dir)).resolve()
+    HydraConfig.instance().cfg = sweep_config  # for ${hydra:...} in the job's config
+    task_cfg = _task_config(sweep_config)
+    job_dir = str(sweep_config.hydra.runtime.output_dir)
+    output_dir = Path(task_cfg.output_dir or job_dir).resolve()
     try:
         fq_config.validate(task_cfg)
     except fq_config.ConfigError:
         return None
     run_config = run_config_for(task_cfg, output_dir)
     settings = fq_config.settings(fq_config.from_run_config(run_config))
-    return BatchJob(settings=settings, output_dir=output_dir)
+    return BatchJob(settings=settings, output_dir=output_dir), task_cfg
+
+
+def _task_config(sweep_config: DictConfig) -> DictConfig:
+    """``run_job``'s task config (``deepcopy(config)`` without ``hydra``), built from the
+    plain container: the same keys, values and interpolations, without copying the hydra node."""
+    plain = OmegaConf.to_container(sweep_config, resolve=False)
+    del plain["hydra"]
+    task_cfg = OmegaConf.create(plain)
+    OmegaConf.set_struct(task_cfg, OmegaConf.is_struct(sweep_config))
+    OmegaConf.set_readonly(task_cfg, OmegaConf.is_readonly(sweep_config))
+    return task_cfg
 
 
 def register() -> None:

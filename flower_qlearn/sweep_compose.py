@@ -53,8 +53,14 @@ def split_overrides(overrides: Sequence[str], is_group: Callable[[str], bool]):
 class SweepComposer:
     """``load_sweep_config`` for many jobs, each group set composed once (see module doc)."""
 
-    def __init__(self, config_loader, master_config: DictConfig) -> None:
+    def __init__(
+        self,
+        config_loader,
+        master_config: DictConfig,
+        job_overrides: Callable[[Sequence[str]], list[str]] = list,
+    ) -> None:
         self.loader = config_loader
+        self.job_overrides = job_overrides  # a job's overrides -> what is composed
         self.master = master_config
         self.enabled = True
         self._hydra_load = config_loader.load_sweep_config  # Hydra's own, kept if patched
@@ -79,8 +85,10 @@ class SweepComposer:
     def load(self, overrides: Sequence[str]) -> DictConfig:
         """The job's config, as ``config_loader.load_sweep_config(master, overrides)``.
 
-        The same overrides give the same object (composed once per sweep).
+        The same overrides give the same object (composed once per sweep: the sweeper's check
+        and the launcher get one composition). ``job_overrides`` is applied first.
         """
+        overrides = self.job_overrides(overrides)
         job = tuple(overrides)
         if job not in self._jobs:
             self._jobs[job] = self._compose(overrides)

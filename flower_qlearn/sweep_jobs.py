@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
 from .outputs import METRICS_FILE, SUMMARY_FILE, read_metrics
+from .yaml_text import safe_load
 
 #: Override keys that index replicates: averaged over, never a group.
 SEED_KEYS: tuple[str, ...] = ("seed",)
@@ -78,11 +78,11 @@ def load_job(run_dir: str | Path) -> Job:
     hydra_dir = run_dir / ".hydra"
     overrides = None
     if (hydra_dir / "overrides.yaml").is_file():
-        lines = yaml.safe_load((hydra_dir / "overrides.yaml").read_text()) or []
+        lines = safe_load((hydra_dir / "overrides.yaml").read_text()) or []
         overrides = _parse_overrides(lines)
     config: dict = {}
     if (hydra_dir / "config.yaml").is_file():
-        config = yaml.safe_load((hydra_dir / "config.yaml").read_text()) or {}
+        config = safe_load((hydra_dir / "config.yaml").read_text()) or {}
     elif (run_dir / SUMMARY_FILE).is_file():
         config = json.loads((run_dir / SUMMARY_FILE).read_text()).get("config", {})
     return Job(run_dir, overrides, config, read_metrics(run_dir / METRICS_FILE))

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -20,7 +21,7 @@ import numpy as np
 import pytest
 
 from flower_qlearn import config as fq_config
-from flower_qlearn import run_experiment
+from flower_qlearn import launcher, run_experiment
 from flower_qlearn.api import run_config_for
 from flower_qlearn.batched import BatchJob, run_jobs
 from flower_qlearn.outputs import read_metrics
@@ -151,6 +152,46 @@ def test_batched_launcher_writes_the_basic_launchers_job_dirs(tmp_path):
             "- engine=inprocess\n", "") + "- figures=false\n"
         assert not (a / "figures").exists() and (b / "figures").is_dir()
     assert "Launching 8 jobs (8 batched)" in fast.stderr + fast.stdout
+
+
+def test_computed_jobs_get_the_files_run_job_writes(tmp_path):
+    """The batched launcher finishes a computed job without Hydra's ``run_job``: the same files
+    as the basic launcher running each job on ``engine=batched`` (wall times and the sweep
+    directory's name aside), the same one-line result per job on the console."""
+    sweep = ["-m", "+experiment=woo_heterogeneity", "num_rounds=3", "num_clients=2",
+             "seed=0,1", "sweep_figures=false", "figures=false"]
+    fast = _cli(*sweep, f"hydra.sweep.dir={tmp_path / 'fast'}", cwd=tmp_path)
+    ref = _cli(*sweep, "hydra/launcher=basic", f"hydra.sweep.dir={tmp_path / 'ref'}",
+               cwd=tmp_path)
+    assert fast.returncode == 0 and ref.returncode == 0, (fast.stderr + ref.stderr)[-2000:]
+
+    def text(path: Path, sweep_dir: str) -> str:
+        out = path.read_text().replace(str(tmp_path / sweep_dir), "<sweep>")
+        return out.replace(launcher.HYDRA_NAME, "<launcher>").replace(
+            "hydra._internal.core_plugins.basic_launcher.BasicLauncher", "<launcher>")
+
+    for job in range(8):
+        a, b = tmp_path / "fast" / str(job), tmp_path / "ref" / str(job)
+        for name in ("config.yaml", "hydra.yaml", "overrides.yaml"):
+            fa, fb = (text(d / ".hydra" / name, s) for d, s in ((a, "fast"), (b, "ref")))
+            if name == "hydra.yaml":  # the launcher's own node and choice differ, nothing else
+                fa, fb = (re.sub(
+                r"(?m)^  launcher:\n(    .*\n)*|hydra/launcher: \w+|^ *- hydra/launcher=.*\n",
+                "", t)
+                          for t in (fa, fb))
+            assert fa == fb, (job, name)
+        ma, mb = (read_metrics(d / "metrics.csv") for d in (a, b))
+        assert [{k: v for k, v in r.items() if k != "wall_s"} for r in ma] == [
+            {k: v for k, v in r.items() if k != "wall_s"} for r in mb]
+        sa, sb = (json.loads(text(d / "summary.json", s)) for d, s in ((a, "fast"), (b, "ref")))
+        for summary in (sa, sb):
+            del summary["wall_s"], summary["final"]["wall_s"]
+        assert sa == sb
+        assert (a / "flower-qlearn.log").is_file()
+    results = [line for line in fast.stdout.splitlines() if ": final q_error=" in line]
+    assert [r.replace("/fast/", "/") for r in results] == [
+        r.replace("/ref/", "/") for r in ref.stdout.splitlines() if ": final q_error=" in r]
+    assert len(results) == 8
 
 
 def test_a_refused_strategy_is_one_line_exit_2(tmp_path):

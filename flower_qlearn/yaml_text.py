@@ -1,0 +1,46 @@
+"""YAML text as OmegaConf and PyYAML give it, with libyaml's C emitter and parser when present.
+
+A multirun writes three small YAML files per job (``.hydra/``) and reads two back when it
+draws its figures: with PyYAML's pure-Python emitter and parser that was ~10 ms a job, more
+than the batched computation of the job. The C versions give the same text and the same
+values (``tests/test_batched.py`` compares every ``.hydra`` file the batched launcher writes
+with the one Hydra's basic launcher writes; ``tests/test_sweeps.py`` reads them back).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import yaml
+
+__all__ = ["omegaconf_yaml", "safe_load"]
+
+
+@functools.cache
+def _dumper() -> type:
+    """OmegaConf's dumper (``OmegaConf.to_yaml``'s), on libyaml's emitter if PyYAML has it."""
+    from omegaconf._utils import get_omega_conf_dumper
+
+    base = get_omega_conf_dumper()
+    if not getattr(yaml, "__with_libyaml__", False):
+        return base
+    dumper = type("OmegaConfCDumper", (yaml.CDumper,), {})
+    for kind, representer in base.yaml_representers.items():  # its str quoting, enums, ...
+        dumper.add_representer(kind, representer)
+    for kind, representer in base.yaml_multi_representers.items():
+        dumper.add_multi_representer(kind, representer)
+    return dumper
+
+
+def omegaconf_yaml(container: Any) -> str:
+    """``OmegaConf.to_yaml(OmegaConf.create(container))`` for a plain container (what
+    ``OmegaConf.to_container(cfg, resolve=False, enum_to_str=True)`` returns)."""
+    return yaml.dump(container, default_flow_style=False, allow_unicode=True, sort_keys=False,
+                     Dumper=_dumper())
+
+
+def safe_load(text: str) -> Any:
+    """``yaml.safe_load(text)``, on libyaml's parser if PyYAML has it."""
+    loader = yaml.CSafeLoader if getattr(yaml, "__with_libyaml__", False) else yaml.SafeLoader
+    return yaml.load(text, Loader=loader)  # noqa: S506 - a safe loader, the C one
