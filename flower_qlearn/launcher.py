@@ -129,7 +129,6 @@ class BatchedLauncher(Launcher):
         _COMPUTED.clear()
         return runs
 
-
     def finish_computed(
         self, sweep_config: DictConfig, job: BatchJob, task_cfg: DictConfig
     ) -> JobReturn:
@@ -137,8 +136,9 @@ class BatchedLauncher(Launcher):
 
         The same files (Hydra's ``_save_config`` for the three ``.hydra`` files, the job's log
         with the job-logging format, the results by :func:`~flower_qlearn.batched.write_job`),
-        the same callbacks and the same ``JobReturn``; the job's one-line result goes to the
-        console as the CLI's task prints it.
+        the same callbacks and a completed ``JobReturn`` (its ``hydra_cfg`` is the job's whole
+        config, hydra node included, rather than a copy of the hydra node alone); the job's
+        one-line result goes to the console as the CLI's task prints it.
         """
         from hydra.core.utils import JobRuntime, _flush_loggers, env_override
 
