@@ -253,11 +253,10 @@ def _batch_job(sweep_config: DictConfig) -> tuple[BatchJob, DictConfig] | None:
 
 
 def _task_config(sweep_config: DictConfig) -> DictConfig:
-    """``run_job``'s task config (``deepcopy(config)`` without ``hydra``), built from the
-    plain container: the same keys, values and interpolations, without copying the hydra node."""
-    plain = OmegaConf.to_container(sweep_config, resolve=False)
-    del plain["hydra"]
-    task_cfg = OmegaConf.create(plain)
+    """``run_job``'s task config (``deepcopy(config)`` without ``hydra``): OmegaConf's
+    ``masked_copy`` of every other key (the same keys, values and interpolations, its nodes
+    copies, without copying the hydra node)."""
+    task_cfg = OmegaConf.masked_copy(sweep_config, [k for k in sweep_config if k != "hydra"])
     OmegaConf.set_struct(task_cfg, OmegaConf.is_struct(sweep_config))
     OmegaConf.set_readonly(task_cfg, OmegaConf.is_readonly(sweep_config))
     return task_cfg
