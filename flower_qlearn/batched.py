@@ -120,14 +120,10 @@ def run_jobs(jobs: Sequence[BatchJob]) -> None:
 def run_batched(settings: dict, output_dir: Path) -> None:
     """Run one experiment on the batched engine and write its outputs (``engine=batched``).
 
-    A job the launcher already computed (same settings) is only written.
+    (``hydra/launcher=batched`` computes a sweep's jobs together and writes each itself.)
     """
-    from .launcher import take_computed
-
-    job = take_computed(settings)
-    if job is None:
-        job = BatchJob(settings=settings, output_dir=Path(output_dir))
-        run_jobs([job])
+    job = BatchJob(settings=settings, output_dir=Path(output_dir))
+    run_jobs([job])
     write_job(job)
 
 

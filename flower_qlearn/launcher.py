@@ -28,9 +28,10 @@ under ``hydra_plugins.flower_qlearn.BatchedLauncher`` (the ``_target_`` of
 
 from __future__ import annotations
 
-import json
+import contextlib
 import logging
 import os
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -54,20 +55,6 @@ log = logging.getLogger(__name__)
 
 #: Hydra's name of the launcher class (a ``_target_`` must live under ``hydra_plugins``).
 HYDRA_NAME = "hydra_plugins.flower_qlearn.BatchedLauncher"
-
-#: Jobs computed by pass 2, by :func:`settings_key`, waiting for their task to write them.
-_COMPUTED: dict[str, BatchJob] = {}
-
-
-def settings_key(settings: Mapping) -> str:
-    """The identity of a job: its whole validated settings (output directory included)."""
-    return json.dumps(settings, sort_keys=True, default=repr)
-
-
-def take_computed(settings: Mapping) -> BatchJob | None:
-    """The computed job with exactly these settings, if pass 2 made one (it is forgotten)."""
-    return _COMPUTED.pop(settings_key(settings), None)
-
 
 class BatchedLauncher(Launcher):
     """Hydra launcher: batched jobs computed together, every job then run by ``run_job``."""
@@ -126,7 +113,6 @@ class BatchedLauncher(Launcher):
                 )
             )
             configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
-        _COMPUTED.clear()
         return runs
 
     def finish_computed(
@@ -145,27 +131,34 @@ class BatchedLauncher(Launcher):
         from .api import final_metric, job_log_handler, result_line
         from .batched import write_job
         from .outputs import hold_output_dir
+        from .schema import ConfigError
 
         assert self.hydra_context is not None
         callbacks = self.hydra_context.callbacks
         HydraConfig.instance().cfg = sweep_config  # what HydraConfig.get() returns in the hooks
         job_dir = Path(str(sweep_config.hydra.runtime.output_dir))
         job_dir.mkdir(parents=True, exist_ok=True)
-        subdir = sweep_config.hydra.output_subdir
-        if subdir is not None:
-            _save_yaml(job_dir / str(subdir), {
-                "config.yaml": task_cfg,
-                "hydra.yaml": {"hydra": sweep_config.hydra},
-                "overrides.yaml": sweep_config.hydra.overrides.task,
-            })
-        handler = job_log_handler(job_dir)
-        root = logging.getLogger()
-        root.addHandler(handler)
-        try:
+        with contextlib.ExitStack() as held:
+            try:  # before anything is written into it
+                held.enter_context(hold_output_dir(job.output_dir))
+            except ConfigError as exc:  # in use by another run: as the CLI's task says it
+                print(f"flower-qlearn: {exc}", file=sys.stderr)
+                sys.exit(2)
+            subdir = sweep_config.hydra.output_subdir
+            if subdir is not None:
+                _save_yaml(job_dir / str(subdir), {
+                    "config.yaml": task_cfg,
+                    "hydra.yaml": {"hydra": sweep_config.hydra},
+                    "overrides.yaml": sweep_config.hydra.overrides.task,
+                })
+            handler = job_log_handler(job_dir)
+            root = logging.getLogger()
+            root.addHandler(handler)
+            held.callback(handler.close)
+            held.callback(root.removeHandler, handler)
             with env_override(sweep_config.hydra.job.env_set):
                 callbacks.on_job_start(config=sweep_config, task_function=self.task_function)
-                with hold_output_dir(job.output_dir):
-                    write_job(job)
+                write_job(job)
                 _, value = final_metric(job.history)
                 print(result_line(job.settings["strategy"]["name"], job.history, job.output_dir))
             ret = JobReturn(
@@ -175,9 +168,6 @@ class BatchedLauncher(Launcher):
                 task_name=JobRuntime.instance().get("name"))
             _flush_loggers()
             callbacks.on_job_end(config=sweep_config, job_return=ret)
-        finally:
-            root.removeHandler(handler)
-            handler.close()
         return ret
 
 
@@ -218,11 +208,8 @@ def without_job_figures(overrides: Sequence[str]) -> list[str]:
 def _compute(batch: list[BatchJob]) -> None:
     from .batched import run_jobs
 
-    if not batch:
-        return
-    run_jobs(batch)
-    for job in batch:
-        _COMPUTED[settings_key(job.settings)] = job
+    if batch:
+        run_jobs(batch)
 
 
 def _batch_job(sweep_config: DictConfig) -> tuple[BatchJob, DictConfig] | None:

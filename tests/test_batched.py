@@ -194,6 +194,23 @@ def test_computed_jobs_get_the_files_run_job_writes(tmp_path):
     assert len(results) == 8
 
 
+def test_a_held_job_dir_of_a_batched_sweep_is_one_line_exit_2(tmp_path):
+    """A computed job whose directory another run holds is refused as the CLI's task refuses it
+    (``OutputDirInUse``: one line, exit 2), nothing written into its directory."""
+    from flower_qlearn.outputs import hold_output_dir
+
+    sweep_dir = tmp_path / "s"
+    with hold_output_dir(sweep_dir / "0"):
+        out = _cli("-m", "+experiment=woo_heterogeneity", "num_rounds=2", "num_clients=2",
+                   "seed=0", "strategy=equal", "client.behavior=uniform", "sweep_figures=false",
+                   f"hydra.sweep.dir={sweep_dir}", cwd=tmp_path)
+    assert out.returncode == 2, out.stderr[-2000:]
+    (line,) = [ln for ln in out.stderr.splitlines() if ln.startswith("flower-qlearn:")]
+    assert f"output_dir {(sweep_dir / '0').resolve()} is in use by a running run" in line
+    assert "Traceback" not in out.stderr
+    assert not any((sweep_dir / "0").iterdir())  # the lock was ours, released
+
+
 def test_a_refused_strategy_is_one_line_exit_2(tmp_path):
     out = _cli("engine=batched", "strategy=dasa", cwd=tmp_path)
     assert out.returncode == 2
