@@ -20,7 +20,8 @@ from typing import Any
 import numpy as np
 
 from .families import global_mdp, member_settings
-from .mdp import TabularMDP, make_mdp, perturb
+from .mdp import TabularMDP, perturb
+from .mdp_catalog import make_mdp
 from .samplers import ActionTable, NextStateTable, action_table, next_state_table
 from .sampling import behavior_policy
 

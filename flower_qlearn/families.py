@@ -19,7 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from .mdp import TabularMDP, make_mdp
+from .mdp import TabularMDP
+from .mdp_catalog import make_mdp
 
 #: ``client.environment``: every agent on the experiment's MDP, or each on its own member.
 ENVIRONMENTS = ("shared", "own")

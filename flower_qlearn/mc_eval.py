@@ -29,7 +29,7 @@ MC_METRICS = {"frozenlake": "success_rate", "taxi": "return", "cliffwalking": "r
 
 def gym_spec(mdp_settings: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
     """``(id, kwargs)`` of the Gymnasium environment behind the ``mdp`` settings."""
-    from .mdp import _GYM_IDS
+    from .mdp_catalog import _GYM_IDS
 
     name = mdp_settings["name"]
     if name not in MC_METRICS:

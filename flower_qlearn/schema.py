@@ -21,7 +21,8 @@ from typing import Any
 from .attacks import ATTACKS
 from .families import ENVIRONMENTS, SEEDED_MDPS
 from .mc_eval import MC_METRICS
-from .mdp import GARNET_SUCCESSORS, MDP_NAMES, TERMINAL_MODES
+from .mdp import GARNET_SUCCESSORS, TERMINAL_MODES
+from .mdp_catalog import MDP_NAMES
 from .samplers import SAMPLERS
 from .sampling import BEHAVIORS, SAMPLINGS
 from .step_sizes import LR_SCHEDULES
@@ -174,8 +175,9 @@ def _branching_too_large(s: Settings) -> bool:
     return get(s, "mdp.name") == "garnet" and is_int(b) and is_int(n) and b > n
 
 
-# What the MDP builders enforce (mdp.make_mdp, gym_mdp), checked before anything is built; the
-# sizes and map names come from those modules (mdp.fixed_sizes, gym_mdp.frozenlake_maps).
+# What the MDP builders enforce (mdp_catalog.make_mdp, gym_mdp), checked before anything is
+# built; the sizes and map names come from those modules (mdp_catalog.fixed_sizes,
+# gym_mdp.frozenlake_maps).
 _SIZE_FIELDS = ("mdp.num_states", "mdp.num_actions")
 
 
@@ -186,7 +188,7 @@ def _frozenlake_maps() -> tuple[str, ...]:
 
 
 def _fixed_size(s: Settings, index: int) -> int | None:
-    from .mdp import fixed_sizes
+    from .mdp_catalog import fixed_sizes
 
     try:
         sizes = fixed_sizes(

@@ -232,7 +232,7 @@ def require_constant_gain(mdp) -> None:
 
 @functools.lru_cache(maxsize=64)
 def _constant_gain_cached(mdp_items: tuple) -> bool:
-    from flower_qlearn.mdp import make_mdp
+    from flower_qlearn.mdp_catalog import make_mdp
     from flower_qlearn.solvers import NonConstantGainError
 
     try:
