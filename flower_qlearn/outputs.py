@@ -76,7 +76,21 @@ def _parse_cell(text: str | None) -> int | float | None:
 def read_metrics(path: Path) -> list[dict]:
     """Read ``metrics.csv`` back: numbers as int/float, empty cells as ``None``."""
     with Path(path).open(newline="") as fh:
-        return [{k: _parse_cell(v) for k, v in row.items()} for row in csv.DictReader(fh)]
+        reader = csv.reader(fh)
+        header = next(reader, None)
+        if header is None:
+            return []
+        rows, width = [], len(header)
+        for cells in reader:  # as csv.DictReader reads them, without its per-row overhead
+            if not cells:
+                continue
+            row = dict(zip(header, map(_parse_cell, cells), strict=False))
+            if len(cells) < width:  # a short (truncated) row: its missing cells are empty
+                row.update(dict.fromkeys(header[len(cells):]))
+            elif len(cells) > width:
+                row[None] = _parse_cell(cells[width:])
+            rows.append(row)
+        return rows
 
 
 def jsonable(value):

@@ -13,16 +13,18 @@ import numpy as np
 def t_quantile(p: float | np.ndarray, df: float | np.ndarray) -> float | np.ndarray:
     """Quantile ``p`` of Student's t distribution with ``df`` degrees of freedom.
 
-    ``scipy.stats.t.ppf``, with the arguments checked (SciPy returns NaN for bad ones). Scalars
-    give a float; arrays broadcast.
+    ``scipy.stats.t.ppf``, with the arguments checked (SciPy returns NaN for bad ones): the
+    special function it evaluates, ``scipy.special.stdtrit(df, p)`` (the same numbers, bit for
+    bit: ``t.ppf`` is ``stdtrit`` times scale 1 plus loc 0), without importing ``scipy.stats``
+    (~0.4 s, a tenth of a 400-job sweep's figures). Scalars give a float; arrays broadcast.
     """
-    # Imported here: scipy.stats takes ~1 s to import, and reading jobs or tables needs none of it.
-    from scipy.stats import t
+    # Imported here: reading jobs or tables needs none of SciPy.
+    from scipy.special import stdtrit
 
     p_arr, df_arr = np.asarray(p, dtype=np.float64), np.asarray(df, dtype=np.float64)
     if np.any(~((p_arr > 0.0) & (p_arr < 1.0))) or np.any(~(df_arr > 0)):
         raise ValueError(f"t_quantile needs 0 < p < 1 and df > 0, got p={p}, df={df}")
-    q = t.ppf(p_arr, df_arr)
+    q = stdtrit(df_arr, p_arr)
     return float(q) if np.ndim(q) == 0 else q
 
 

@@ -177,7 +177,25 @@ def test_t_quantile_matches_scipy_on_a_grid():
     stats = pytest.importorskip("scipy.stats")
     for df in (1, 3, 7, 30, 500):
         for p in (0.6, 0.9, 0.975, 0.995):
-            assert sweeps.t_quantile(p, df) == pytest.approx(stats.t.ppf(p, df), rel=1e-9)
+            assert sweeps.t_quantile(p, df) == stats.t.ppf(p, df)  # the same function, bitwise
+    dfs = np.arange(1.0, 400.0)
+    assert np.array_equal(sweeps.t_quantile(0.975, dfs), stats.t.ppf(0.975, dfs))
+
+
+def test_read_metrics_reads_what_csv_dictreader_reads(tmp_path):
+    """Ints, floats, nan/inf, empty cells, a short (truncated) last row, blank lines."""
+    from flower_qlearn.outputs import _parse_cell, read_metrics
+
+    path = tmp_path / "metrics.csv"
+    path.write_text("round,q_error,rejected,extra\n1,0.5,0,\n\n2,1e-05,3,nan\n"
+                    "3,inf,-2,+4\n4,0.25\n")
+    with path.open(newline="") as fh:
+        expected = [{k: _parse_cell(v) for k, v in row.items()} for row in csv.DictReader(fh)]
+    got = read_metrics(path)
+    assert [list(r) for r in got] == [list(r) for r in expected]
+    assert repr(got) == repr(expected)
+    assert got[3] == {"round": 4, "q_error": 0.25, "rejected": None, "extra": None}
+    assert isinstance(got[2]["extra"], int) and isinstance(got[1]["q_error"], float)
 
 
 def _job(path: str, overrides: dict[str, str], errors: list[float]) -> sweeps.Job:
