@@ -82,7 +82,7 @@ def q_learning(job: TaskJob) -> TaskResult:
     ``local_steps`` times under generative sampling).
     """
     from flower_qlearn.agent import initial_state
-    from flower_qlearn.kernels import run_async_q, run_sync_q
+    from flower_qlearn.kernel_drivers import run_async_q, run_sync_q
     from flower_qlearn.step_sizes import round_learning_rate
 
     c, env, q = job.settings["client"], job.env, job.q

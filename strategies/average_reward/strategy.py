@@ -184,7 +184,7 @@ def average_reward(job: TaskJob) -> TaskResult:
     use ``Vbar = max_a Qbar`` frozen for the whole period; synchronous (generative) sampling
     over every ``(s, a)``; the step sizes are the server's, never re-derived.
     """
-    from flower_qlearn.kernels import run_average_reward
+    from flower_qlearn.kernel_drivers import run_average_reward
 
     step_sizes = np.asarray(job.settings[PERIOD_STEP_SIZES], dtype=np.float64)
     v_frozen = job.q.max(axis=1)  # a new array: q is updated in place below

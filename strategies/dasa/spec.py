@@ -59,7 +59,7 @@ def q_operator(job: TaskJob) -> TaskResult:
     seconds (real stragglers).
     """
     from flower_qlearn.agent import initial_state
-    from flower_qlearn.kernels import run_q_operator
+    from flower_qlearn.kernel_drivers import run_q_operator
 
     c, env = job.settings["client"], job.env
     batch_size = int(job.settings[BATCH_SIZE])
