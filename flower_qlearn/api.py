@@ -25,16 +25,24 @@ from .outputs import LOG_FILE, RunResult, default_output_dir, hold_output_dir
 
 __all__ = [
     "RunResult", "execute", "final_metric", "result_line", "run_config_for", "run_experiment",
+    "with_output_dir",
 ]
 
 
 def run_config_for(cfg: DictConfig, output_dir: Path) -> dict:
     """The Flower run config that carries the composed experiment ``cfg`` to the apps."""
-    cfg = cfg.copy()
-    OmegaConf.update(cfg, "output_dir", str(Path(output_dir).resolve()), merge=False)
+    cfg = with_output_dir(cfg.copy(), output_dir)
     run_config = fq_config.to_run_config(cfg)
     fq_config.register_run_config(run_config, cfg)
     return run_config
+
+
+def with_output_dir(cfg: DictConfig, output_dir: Path) -> DictConfig:
+    """``cfg`` (a copy the caller owns: changed in place) as the apps see it: its
+    ``output_dir`` the resolved ``output_dir``. ``fq_config.settings`` of it are the settings
+    the run config of :func:`run_config_for` gives the apps."""
+    OmegaConf.update(cfg, "output_dir", str(Path(output_dir).resolve()), merge=False)
+    return cfg
 
 
 def _under_hydra() -> bool:

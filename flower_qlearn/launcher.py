@@ -32,7 +32,7 @@ import contextlib
 import logging
 import os
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
@@ -49,7 +49,7 @@ from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict, read_write
 
 from .batched import BatchJob
-from .sweep_compose import SweepComposer
+from .sweep_compose import SweepComposer, task_config
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +93,7 @@ class BatchedLauncher(Launcher):
             with read_write(sweep_config.hydra.runtime), open_dict(sweep_config.hydra.runtime):
                 sweep_config.hydra.runtime.output_dir = os.path.abspath(_job_dir(sweep_config))
             configs.append((idx, overrides, sweep_config))
-        jobs = [_batch_job(cfg) for _, _, cfg in configs]
+        jobs = [_batch_job(cfg, self.composer.task_config) for _, _, cfg in configs]
         batch = [job for job, _ in filter(None, jobs)]
         log.info("Launching %d jobs (%d batched)", len(configs), len(batch))
         _compute(batch)
@@ -212,41 +212,34 @@ def _compute(batch: list[BatchJob]) -> None:
         run_jobs(batch)
 
 
-def _batch_job(sweep_config: DictConfig) -> tuple[BatchJob, DictConfig] | None:
+def _batch_job(
+    sweep_config: DictConfig, task_config: Callable[[DictConfig], DictConfig] = task_config
+) -> tuple[BatchJob, DictConfig] | None:
     """The job of ``sweep_config`` and its task config, if it runs on the batched engine and
     is valid, else None.
 
-    Its settings are those its task would see (:func:`flower_qlearn.api.run_config_for` with
-    the job's output directory, as ``run_job`` names it); its task config is ``run_job``'s (the
-    config without its ``hydra`` node). An invalid job is left to pass 3, which fails it with
-    its one-line reason.
+    Its settings are those its task would see (the run config of
+    :func:`flower_qlearn.api.run_config_for` with the job's output directory, as ``run_job``
+    names it); its task config is ``run_job``'s (the config without its ``hydra`` node). An
+    invalid job is left to pass 3, which fails it with its one-line reason.
     """
     from . import config as fq_config
-    from .api import run_config_for
+    from .api import with_output_dir
 
     if OmegaConf.select(sweep_config, "engine.name") != "batched":
         return None
     HydraConfig.instance().cfg = sweep_config  # for ${hydra:...} in the job's config
-    task_cfg = _task_config(sweep_config)
+    task_cfg = task_config(sweep_config)
     job_dir = str(sweep_config.hydra.runtime.output_dir)
     output_dir = Path(task_cfg.output_dir or job_dir).resolve()
     try:
         fq_config.validate(task_cfg)
     except fq_config.ConfigError:
         return None
-    run_config = run_config_for(task_cfg, output_dir)
-    settings = fq_config.settings(fq_config.from_run_config(run_config))
+    # the settings its run config would carry (run_config_for), from a second copy of the
+    # task config rather than a copy of the first
+    settings = fq_config.settings(with_output_dir(task_config(sweep_config), output_dir))
     return BatchJob(settings=settings, output_dir=output_dir), task_cfg
-
-
-def _task_config(sweep_config: DictConfig) -> DictConfig:
-    """``run_job``'s task config (``deepcopy(config)`` without ``hydra``): OmegaConf's
-    ``masked_copy`` of every other key (the same keys, values and interpolations, its nodes
-    copies, without copying the hydra node)."""
-    task_cfg = OmegaConf.masked_copy(sweep_config, [k for k in sweep_config if k != "hydra"])
-    OmegaConf.set_struct(task_cfg, OmegaConf.is_struct(sweep_config))
-    OmegaConf.set_readonly(task_cfg, OmegaConf.is_readonly(sweep_config))
-    return task_cfg
 
 
 def register() -> None:

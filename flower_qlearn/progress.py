@@ -82,6 +82,31 @@ def parse_round(line: str) -> tuple[int, int] | None:
     return (int(match.group(1)), int(match.group(2))) if match else None
 
 
+#: Per sweep dir, the job dirs already seen finished: a finished job stays finished, so each
+#: call lists the sweep dir but looks for ``summary.json`` only in the others (a sweep of N
+#: jobs made N^2 checks).
+_FINISHED: dict[str, set[str]] = {}
+
+
+def forget_sweep(sweep_dir: str | Path) -> None:
+    """Start counting ``sweep_dir``'s finished jobs afresh (a multirun starts into it)."""
+    _FINISHED.pop(str(Path(sweep_dir).resolve()), None)
+
+
+def _count_done(sweep_dir: Path) -> int:
+    """How many job dirs of ``sweep_dir`` hold a ``summary.json``."""
+    finished = _FINISHED.setdefault(str(sweep_dir.resolve()), set())
+    try:
+        entries = [e.name for e in os.scandir(sweep_dir)
+                   if e.is_dir() and not e.name.startswith(".")]
+    except FileNotFoundError:
+        return 0
+    for name in entries:
+        if name not in finished and (sweep_dir / name / "summary.json").is_file():
+            finished.add(name)
+    return len(finished.intersection(entries))
+
+
 def job_done_line(sweep_dir: str | Path) -> str | None:
     """``[multirun] 3/40 jobs done, ETA 1m20s`` from the finished jobs under ``sweep_dir``.
 
@@ -92,7 +117,7 @@ def job_done_line(sweep_dir: str | Path) -> str | None:
     total = os.environ.get(SWEEP_TOTAL_ENV)
     if not total:
         return None
-    done = sum(1 for _ in Path(sweep_dir).glob("*/summary.json"))
+    done = _count_done(Path(sweep_dir))
     start = float(os.environ.get(SWEEP_START_ENV) or time.time())
     elapsed = time.time() - start
     remaining = max(int(total) - done, 0)

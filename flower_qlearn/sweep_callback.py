@@ -53,7 +53,7 @@ class SweepProgress(Callback):
 
         from hydra.core.override_parser.overrides_parser import OverridesParser
 
-        from .progress import SWEEP_START_ENV, SWEEP_TOTAL_ENV
+        from .progress import SWEEP_START_ENV, SWEEP_TOTAL_ENV, forget_sweep
 
         params = config.hydra.sweeper.get("params") or {}
         lines = [f"{k}={v}" for k, v in params.items()] + list(config.hydra.overrides.task)
@@ -64,6 +64,7 @@ class SweepProgress(Callback):
                 sizes[ov.get_key_element()] = len(list(ov.sweep_string_iterator())) if sweep else 1
         except Exception:  # noqa: BLE001 - progress must never break a sweep
             return
+        forget_sweep(str(config.hydra.sweep.dir))
         os.environ[SWEEP_TOTAL_ENV] = str(math.prod(sizes.values()))
         os.environ[SWEEP_START_ENV] = str(time.time())
 

@@ -19,13 +19,37 @@ import copy
 import functools
 import logging
 import os
+import pickle
 from collections.abc import Callable, Sequence
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 log = logging.getLogger("flower_qlearn")
 
-__all__ = ["SweepComposer", "split_overrides", "validate_jobs"]
+__all__ = ["SweepComposer", "copier", "split_overrides", "task_config", "validate_jobs"]
+
+
+def copier(cfg: DictConfig) -> Callable[[], DictConfig]:
+    """A function that returns a fresh copy of ``cfg`` each call, as ``copy.deepcopy(cfg)``
+    would (keys, values, interpolations, flags), 2-6x faster: ``cfg`` is pickled once and each
+    copy is one ``pickle.loads`` (OmegaConf's own ``__getstate__``/``__setstate__``) instead of
+    ``copy``'s generic walk over every node. Falls back to ``deepcopy`` for a config that
+    cannot be pickled."""
+    try:
+        data = pickle.dumps(cfg, protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception:  # noqa: BLE001 - e.g. a value of a type pickle refuses
+        return functools.partial(copy.deepcopy, cfg)
+    return functools.partial(pickle.loads, data)
+
+
+def task_config(sweep_config: DictConfig) -> DictConfig:
+    """``run_job``'s task config (``deepcopy(config)`` without ``hydra``): OmegaConf's
+    ``masked_copy`` of every other key (the same keys, values and interpolations, its nodes
+    copies, without copying the hydra node), with the config's struct and readonly flags."""
+    task_cfg = OmegaConf.masked_copy(sweep_config, [k for k in sweep_config if k != "hydra"])
+    OmegaConf.set_struct(task_cfg, OmegaConf.is_struct(sweep_config))
+    OmegaConf.set_readonly(task_cfg, OmegaConf.is_readonly(sweep_config))
+    return task_cfg
 
 
 def split_overrides(overrides: Sequence[str], is_group: Callable[[str], bool]):
@@ -74,9 +98,12 @@ class SweepComposer:
         self.master = master_config
         self.enabled = True
         self._hydra_load = config_loader.load_sweep_config  # Hydra's own, kept if patched
-        self._bases: dict[tuple, DictConfig] = {}
+        # per set of group choices: (its composition, a copier of it, a copier of its task
+        # config)
+        self._bases: dict[tuple, tuple[DictConfig, Callable, Callable]] = {}
         self._checked: set[tuple] = set()
         self._jobs: dict[tuple, DictConfig] = {}
+        self._task_values: dict[int, list] = {}  # id(job config) -> its app value overrides
 
     def install(self) -> None:
         """Serve the loader's ``load_sweep_config`` from here while the sweep runs.
@@ -112,8 +139,11 @@ class SweepComposer:
         groups, values, parsed = split
         key = tuple(groups)
         if key not in self._bases:
-            self._bases[key] = self._hydra_load(self.master, groups)
-        cfg = self._apply(self._bases[key], values, parsed)
+            base = self._hydra_load(self.master, groups)
+            self._bases[key] = (base, copier(base), copier(task_config(base)))
+        cfg = self._apply(self._bases[key][1], values, parsed)
+        if not any(ov.is_hydra_override() for ov in values):
+            self._task_values[id(cfg)] = (cfg, self._bases[key][2], values)
         if values and key not in self._checked:
             self._checked.add(key)
             slow = self._hydra_load(self.master, list(overrides))
@@ -124,11 +154,26 @@ class SweepComposer:
                 return slow
         return cfg
 
-    def _apply(self, base: DictConfig, values: list, parsed: list) -> DictConfig:
-        """A copy of ``base`` with the value overrides and the job's override lists."""
+    def task_config(self, sweep_config: DictConfig) -> DictConfig:
+        """:func:`task_config` of a job config :meth:`load` gave, built from its group set's
+        task config (its value overrides applied to a copy: the same keys and values, without
+        copying the whole config again)."""
+        from hydra._internal.config_loader_impl import ConfigLoaderImpl
+
+        found = self._task_values.get(id(sweep_config))
+        if found is None or found[0] is not sweep_config:
+            return task_config(sweep_config)
+        _, copy_task, values = found
+        cfg = copy_task()
+        ConfigLoaderImpl._apply_overrides_to_config(values, cfg)
+        return cfg
+
+    def _apply(self, copy_base: Callable[[], DictConfig], values: list, parsed: list
+               ) -> DictConfig:
+        """A copy of the base config with the value overrides and the job's override lists."""
         from hydra._internal.config_loader_impl import ConfigLoaderImpl, get_overrides_dirname
 
-        cfg = copy.deepcopy(base)
+        cfg = copy_base()
         ConfigLoaderImpl._apply_overrides_to_config(values, cfg)
         master_hydra = OmegaConf.to_container(self.master.hydra.overrides.hydra)
         app = [ov for ov in parsed if not ov.is_hydra_override()]
@@ -162,6 +207,7 @@ def validate_jobs(jobs: Sequence[Sequence[str]]) -> None:
     def is_group(key: str) -> bool:
         return "/" in key or key == "hydra" or os.path.isdir(os.path.join(conf, key))
 
+    copies: dict[tuple, Callable[[], DictConfig]] = {}
     for job in jobs:
         split = split_overrides(job, is_group)
         if split is None or not split[1]:
@@ -169,7 +215,9 @@ def validate_jobs(jobs: Sequence[Sequence[str]]) -> None:
             continue
         groups, values, _ = split
         try:
-            cfg = copy.deepcopy(fq_config.compose(groups, check=False))
+            if tuple(groups) not in copies:
+                copies[tuple(groups)] = copier(fq_config.compose(groups, check=False))
+            cfg = copies[tuple(groups)]()
             ConfigLoaderImpl._apply_overrides_to_config(values, cfg)
         except Exception:  # noqa: BLE001 - let compose say what is wrong, in its one line
             fq_config.compose(job)

@@ -236,3 +236,35 @@ def test_shipped_woo_experiments_default_to_batched_and_equal_inprocess(tmp_path
     assert fast.summary["engine"] == "batched" and ref.summary["engine"] == "inprocess"
     assert _numbers(fast.history) == _numbers(ref.history)
     assert np.array_equal(fast.q_table, ref.q_table)
+
+
+def test_a_copier_copy_is_what_deepcopy_gives():
+    """The launcher copies each group set's composition by pickle (``sweep_compose.copier``):
+    every key, value, interpolation and flag as ``copy.deepcopy`` gives them, the hydra node
+    included; the copies are independent of each other and of the original."""
+    import copy
+
+    from hydra import compose, initialize_config_dir
+    from omegaconf import DictConfig, OmegaConf
+
+    from flower_qlearn.sweep_compose import copier, task_config
+
+    with initialize_config_dir(str(fq_config.config_dir()), version_base=None):
+        cfg = compose("config", ["+experiment=woo_heterogeneity"], return_hydra_config=True)
+
+    def nodes(node, path=""):  # (path, metadata) of every node, interpolations unresolved
+        yield path, node._metadata
+        if isinstance(node, DictConfig):
+            for key in node.keys():
+                yield from nodes(node._get_node(key), f"{path}.{key}")
+
+    for original in (cfg, task_config(cfg)):
+        make = copier(original)
+        first, second, reference = make(), make(), copy.deepcopy(original)
+        assert OmegaConf.to_container(first, resolve=False) == OmegaConf.to_container(
+            reference, resolve=False)
+        assert list(nodes(first)) == list(nodes(reference))
+        first.seed = 12345
+        assert second.seed == reference.seed == original.seed != 12345
+    assert "hydra" in cfg and "hydra" not in task_config(cfg)
+    assert OmegaConf.is_struct(task_config(cfg)) == OmegaConf.is_struct(cfg)

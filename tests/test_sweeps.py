@@ -196,6 +196,15 @@ def test_read_metrics_reads_what_csv_dictreader_reads(tmp_path):
     assert repr(got) == repr(expected)
     assert got[3] == {"round": 4, "q_error": 0.25, "rejected": None, "extra": None}
     assert isinstance(got[2]["extra"], int) and isinstance(got[1]["q_error"], float)
+    # full rows: each column converted at once (ints, floats, mixed, empty cells, signs)
+    path.write_text("round,q_error,mixed,empty,signed\n1,0.5,1,,+3\n2,nan,0.5,,-1\n"
+                    "3,1e-05,inf,4, 7\n")
+    with path.open(newline="") as fh:
+        expected = [{k: _parse_cell(v) for k, v in row.items()} for row in csv.DictReader(fh)]
+    got = read_metrics(path)
+    assert repr(got) == repr(expected)
+    assert [type(r["mixed"]) for r in got] == [int, float, float]
+    assert [r["round"] for r in got] == [1, 2, 3] and got[2]["empty"] == 4
 
 
 def _job(path: str, overrides: dict[str, str], errors: list[float]) -> sweeps.Job:
