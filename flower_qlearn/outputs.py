@@ -10,6 +10,7 @@ import csv
 import datetime as _dt
 import json
 import math
+import operator
 import os
 import re
 import socket
@@ -54,12 +55,15 @@ def write_metrics(path: Path, history: list[dict]) -> None:
     path = Path(path)
     extras = sorted({k for row in history for k in row} - set(METRIC_COLUMNS))
     columns = list(METRIC_COLUMNS) + extras
+    try:  # every row has every column (None: csv writes an empty cell): one C-level pass
+        lines = list(map(operator.itemgetter(*columns), history))
+    except KeyError:
+        lines = [[row.get(c) for c in columns] for row in history]
     tmp = path.with_suffix(".csv.tmp")
     with tmp.open("w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(columns)
-        for row in history:
-            writer.writerow(["" if row.get(c) is None else row[c] for c in columns])
+        writer.writerows(lines)
     tmp.replace(path)
 
 

@@ -207,6 +207,26 @@ def test_read_metrics_reads_what_csv_dictreader_reads(tmp_path):
     assert [r["round"] for r in got] == [1, 2, 3] and got[2]["empty"] == 4
 
 
+def test_write_metrics_writes_what_csv_dictwriter_writes(tmp_path):
+    """DESIGN.md columns first, extras sorted after; None and a missing key are empty cells."""
+    from flower_qlearn.outputs import METRIC_COLUMNS, read_metrics, write_metrics
+
+    full = [{c: None for c in METRIC_COLUMNS} | {"round": r, "q_error": 0.5 / r, "zeta": r}
+            for r in (1, 2, 3)]
+    sparse = [{"round": 1, "q_error": 1e-05}, {"round": 2, "q_error": float("nan"), "beta": 7}]
+    for history in (full, sparse):
+        path = tmp_path / "metrics.csv"
+        write_metrics(path, history)
+        columns = list(METRIC_COLUMNS) + sorted({k for row in history for k in row}
+                                                - set(METRIC_COLUMNS))
+        with (tmp_path / "expected.csv").open("w", newline="") as fh:
+            writer = csv.DictWriter(fh, columns, restval="")
+            writer.writeheader()
+            writer.writerows([{k: "" if v is None else v for k, v in r.items()} for r in history])
+        assert path.read_text() == (tmp_path / "expected.csv").read_text()
+        assert [r["round"] for r in read_metrics(path)] == [r["round"] for r in history]
+
+
 def _job(path: str, overrides: dict[str, str], errors: list[float]) -> sweeps.Job:
     rows = [
         {"round": r + 1, "samples_per_agent": 10.0 * (r + 1), "normalized_q_error": e}
