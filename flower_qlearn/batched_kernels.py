@@ -19,8 +19,8 @@ loops of kernels.py, samplers.py or sampling.py, delete
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
 
+from flower_qlearn.jit import njit
 from flower_qlearn.kernels import async_q_steps, average_reward_steps, sync_q_steps
 from flower_qlearn.pcg64 import fill_random, seed_pcg64
 from flower_qlearn.samplers import as_action_table, as_next_state_table

@@ -16,6 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from flower_qlearn import kernel_checks as check
+from flower_qlearn.jit import compile_all, interpreted
 from flower_qlearn.kernels import (
     _q_operator_sum,
     async_q_steps,
@@ -77,10 +78,11 @@ def run_sync_q(
     learning_rate = check.learning_rate(learning_rate)
     remaining = check.count(num_steps, "num_steps")
     chunk = _steps_per_chunk(shape[0] * shape[1])
-    while remaining > 0:
-        steps = min(chunk, remaining)
-        sync_q_steps(q, reward, gamma, learning_rate, draw_next_states(p_table, rng, steps))
-        remaining -= steps
+    with interpreted(remaining * shape[0] * shape[1]):
+        while remaining > 0:
+            steps = min(chunk, remaining)
+            sync_q_steps(q, reward, gamma, learning_rate, draw_next_states(p_table, rng, steps))
+            remaining -= steps
 
 
 def run_async_q(
@@ -141,14 +143,15 @@ def run_async_q(
     state = check.state(state, shape[0])
     remaining = check.count(num_steps, "num_steps")
     chunk = _steps_per_chunk(2)
-    while remaining > 0:
-        steps = min(chunk, remaining)
-        uniforms = rng.random((steps, 2))
-        state = async_q_steps(
-            q, counts, reward, gamma, learning_rate, p.kind, p.next, p.value, p.alias,
-            pi.value, pi.alias, state, uniforms,
-        )
-        remaining -= steps
+    with interpreted(remaining):
+        while remaining > 0:
+            steps = min(chunk, remaining)
+            uniforms = rng.random((steps, 2))
+            state = async_q_steps(
+                q, counts, reward, gamma, learning_rate, p.kind, p.next, p.value, p.alias,
+                pi.value, pi.alias, state, uniforms,
+            )
+            remaining -= steps
     return int(state)
 
 
@@ -193,10 +196,11 @@ def run_average_reward(
     if not np.all((step_sizes > 0.0) & (step_sizes <= 1.0)):
         raise ValueError("step_sizes must all be in (0, 1]")
     chunk = _steps_per_chunk(shape[0] * shape[1])
-    for start in range(0, step_sizes.shape[0], chunk):
-        etas = step_sizes[start : start + chunk]
-        next_states = draw_next_states(p_table, rng, etas.shape[0])
-        average_reward_steps(q, reward, gamma, v_frozen, etas, next_states)
+    with interpreted(step_sizes.shape[0] * shape[0] * shape[1]):
+        for start in range(0, step_sizes.shape[0], chunk):
+            etas = step_sizes[start : start + chunk]
+            next_states = draw_next_states(p_table, rng, etas.shape[0])
+            average_reward_steps(q, reward, gamma, v_frozen, etas, next_states)
 
 
 def run_q_operator(
@@ -252,12 +256,13 @@ def run_q_operator(
     batch_size = check.count(batch_size, "batch_size", minimum=1)
     total = np.zeros(shape)
     chunk = _steps_per_chunk(2)
-    for start in range(0, batch_size, chunk):
-        uniforms = rng.random((min(chunk, batch_size - start), 2))
-        state = _q_operator_sum(
-            theta_2d, reward, gamma, p.kind, p.next, p.value, p.alias, pi.value, pi.alias,
-            state, uniforms, total,
-        )
+    with interpreted(batch_size):
+        for start in range(0, batch_size, chunk):
+            uniforms = rng.random((min(chunk, batch_size - start), 2))
+            state = _q_operator_sum(
+                theta_2d, reward, gamma, p.kind, p.next, p.value, p.alias, pi.value, pi.alias,
+                state, uniforms, total,
+            )
     total /= batch_size
     return total.reshape(theta_in.shape), int(state)
 
@@ -265,8 +270,10 @@ def run_q_operator(
 def warmup() -> None:
     """Compile (or load from numba's disk cache) every loop on tiny inputs.
 
-    Clients call this at start-up so that compilation is not counted in round times.
+    Clients call this at start-up so that compilation is not counted in round times. After
+    it the process runs its kernels compiled only (:mod:`flower_qlearn.jit`).
     """
+    compile_all()
     rng = np.random.default_rng(0)
     P = np.full((2, 2, 2), 0.5)
     p_cdf = np.cumsum(P, axis=-1)

@@ -20,7 +20,8 @@ compiles (or loads from the on-disk cache) every loop.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+
+from flower_qlearn.jit import njit
 
 # numba's on-disk cache is keyed on each function's own source file: after editing the njit
 # helpers in sampling.py, delete flower_qlearn/__pycache__/kernels.*.nb[ic] or these kernels

@@ -20,7 +20,8 @@ and ``pcg64.h``.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+
+from flower_qlearn.jit import njit
 
 __all__ = ["fill_random", "generator_state", "next_double", "seed_pcg64"]
 

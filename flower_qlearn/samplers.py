@@ -20,7 +20,8 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import numpy as np
-from numba import njit
+
+from flower_qlearn.jit import interpreted, njit
 
 from .transitions import Transitions
 
@@ -216,7 +217,8 @@ def alias_rows(probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     flat = flat / flat.sum(axis=1, keepdims=True)
     threshold = np.zeros(flat.shape)
     alias = np.zeros(flat.shape, dtype=np.int64)
-    _vose(flat, threshold, alias)
+    with interpreted(flat.size):  # a small table: no compilation for it alone
+        _vose(flat, threshold, alias)
     threshold, alias = threshold.reshape(probs.shape), alias.reshape(probs.shape)
     threshold.flags.writeable = False
     alias.flags.writeable = False

@@ -18,7 +18,8 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from numba import njit
+
+from flower_qlearn.jit import njit
 
 from .samplers import (
     SAMPLER_ALIAS,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -99,7 +100,11 @@ def test_config_record_alone_chooses_the_environment():
     assert wrong_shape.has_error() and "shape" in wrong_shape.error.reason
 
 
-def test_a_client_app_process_imports_no_hydra_and_loads_one_kernel():
+@pytest.mark.parametrize("budget", ["0", "50000"])
+def test_a_client_app_process_imports_no_hydra_and_loads_one_kernel(budget):
+    """A ClientApp process imports neither Hydra nor OmegaConf; compiled (a zero interpreted
+    budget) it loads only the kernel its task needs; a small task within the budget runs
+    interpreted and imports no numba at all (``flower_qlearn.jit``)."""
     script = textwrap.dedent(
         f"""
         import json, sys
@@ -115,20 +120,28 @@ def test_a_client_app_process_imports_no_hydra_and_loads_one_kernel():
             reply = app(message=msg, context=Context(1, 1, {{"partition-id": 0}}, RecordDict(),
                                                       {{}}))
         from flower_qlearn import kernels
+        from flower_qlearn.jit import Kernel
+        def dispatcher(value):
+            return value._dispatcher if isinstance(value, Kernel) else value
         compiled = sorted(n for n in dir(kernels)
-                          if getattr(getattr(kernels, n), "signatures", None))
+                          if getattr(dispatcher(getattr(kernels, n)), "signatures", None))
         print(json.dumps({{"error": reply.has_error(), "compiled": compiled,
+                          "numba": "numba" in sys.modules,
                           "modules": sorted(m for m in sys.modules
                                             if m.split(".")[0] in ("hydra", "omegaconf",
                                                                    "matplotlib", "ray"))}}))
         """
     )
+    env = dict(os.environ, FLOWER_QLEARN_INTERPRETED_STEPS=budget)
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                          timeout=300, check=True)
+                          timeout=300, check=True, env=env)
     seen = json.loads(proc.stdout.strip().splitlines()[-1])
     assert seen["error"] is False
     assert seen["modules"] == []  # no Hydra, OmegaConf, matplotlib or Ray in a client
-    assert seen["compiled"] == ["async_q_steps"]  # only the kernel its task needs
+    if budget == "0":
+        assert seen["compiled"] == ["async_q_steps"]  # only the kernel its task needs
+    else:
+        assert seen["compiled"] == [] and seen["numba"] is False
 
 
 @pytest.mark.slow
