@@ -14,8 +14,6 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
-from scipy.sparse import csr_matrix
-from scipy.sparse.csgraph import connected_components
 
 from flower_qlearn.mdp import TabularMDP
 
@@ -83,6 +81,8 @@ def _sparse_policy_chain(mdp: TabularMDP, policy: np.ndarray):
         _policy_matrix(mdp, policy)  # validates
         rows = np.arange(S) * A + policy
         return mdp.transitions.to_csr()[rows], mdp.R[np.arange(S), policy]
+    from scipy.sparse import csr_matrix  # large MDPs only: ~0.1 s of import for the others
+
     matrix = _policy_matrix(mdp, policy)
     weights = csr_matrix(
         (matrix.reshape(-1), (np.repeat(np.arange(S), A), np.arange(S * A))), shape=(S, S * A)
@@ -243,6 +243,9 @@ def _recurrent_classes(P_chain: np.ndarray) -> list[np.ndarray]:
 
     A strongly connected component of the transition graph is recurrent iff no edge leaves it.
     """
+    from scipy.sparse import csr_matrix
+    from scipy.sparse.csgraph import connected_components
+
     graph = csr_matrix(P_chain > 0)
     count, labels = connected_components(graph, directed=True, connection="strong")
     rows, cols = graph.nonzero()
