@@ -188,6 +188,9 @@ def one_output_dir(argv: Sequence[str]) -> list[str]:
 def main() -> None:
     """Entry point of the ``flower-qlearn`` console script."""
     argv = sys.argv[1:]
+    from .yaml_text import use_c_loader_for_omegaconf
+
+    use_c_loader_for_omegaconf()  # every composition reads ~20 YAML files
     if not any(
         a in ("--help", "-h", "--hydra-help", "--info", "-i")
         or a.startswith("--cfg")

@@ -29,10 +29,10 @@ def config_dir() -> Path:
 
 @lru_cache(maxsize=64)
 def _load(relative: str) -> dict[str, Any]:
-    import yaml
+    from .yaml_text import safe_load  # libyaml's parser: the same values, ~10x faster
 
     path = config_dir() / relative
-    data = yaml.safe_load(path.read_text()) or {}
+    data = safe_load(path.read_text()) or {}
     if not isinstance(data, dict):
         raise ValueError(f"{path} does not hold a mapping")
     return data

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -85,3 +86,26 @@ def test_cli_run_and_multirun_write_one_output_dir_per_job(tmp_path):
     assert "equal" in table and "importance" in table
     overrides = sorted((p.parent / ".hydra" / "overrides.yaml").read_text() for p in jobs)
     assert any("strategy=importance" in o and "seed=1" in o for o in overrides)
+
+
+def test_omegaconf_c_loader_reads_every_config_file_as_omegaconf_does():
+    """The CLI makes OmegaConf parse YAML on libyaml (``yaml_text.use_c_loader_for_omegaconf``):
+    every file of conf/ and of Hydra's own config package gives the same values, types
+    included; OmegaConf's rules hold (duplicate keys refused, no timestamps, its floats)."""
+    import hydra
+    import yaml
+    from omegaconf._utils import get_yaml_loader
+
+    from flower_qlearn.yaml_text import omegaconf_loader
+
+    fast, reference = omegaconf_loader(), get_yaml_loader()
+    files = [*fq_config.config_dir().rglob("*.yaml"),
+             *Path(hydra.__file__).parent.rglob("*.yaml")]
+    assert len(files) > 50
+    for path in files:
+        text = path.read_text()
+        assert repr(yaml.load(text, Loader=fast)) == repr(yaml.load(text, Loader=reference)), path
+    edge = "a: 1e-3\nb: 2020-01-01\nc: .inf\nd: 1_000\ne: 0x1f\nf: ~\ng: 'on'\nh: on\n"
+    assert repr(yaml.load(edge, Loader=fast)) == repr(yaml.load(edge, Loader=reference))
+    with pytest.raises(yaml.constructor.ConstructorError, match="duplicate key a"):
+        yaml.load("a: 1\na: 2\n", Loader=fast)
