@@ -56,6 +56,18 @@ def prevalidate(argv: Sequence[str]) -> None:
     validate_jobs(jobs)  # = fq_config.compose of each job; each group choice composed once
 
 
+def _compose_once(argv: Sequence[str]) -> bool:
+    """Whether ``argv`` is one plain run :mod:`flower_qlearn.compose_once` composes once."""
+    from .compose_once import is_plain_single_run
+
+    overrides = [a for a in argv if not a.startswith("-") and not _is_hydra_override(a)]
+    try:
+        jobs = len(_expand(overrides))
+    except Exception:  # noqa: BLE001 - bad syntax: prevalidate says so, in one line
+        return False
+    return is_plain_single_run(argv, jobs)
+
+
 def _one_log_line_per_record() -> None:
     """Flower's logger prints to the console itself and also propagates to Hydra's handlers:
     every strategy message would show twice. In the CLI, Hydra's handlers alone print it (and
@@ -199,8 +211,13 @@ def main() -> None:
     ):
         try:
             _check_launcher(argv)
-            prevalidate(argv)
-            _hold_output_dir(argv)
+            if _compose_once(argv):  # checked and locked when Hydra composes it (once)
+                from . import compose_once
+
+                compose_once.install(functools.partial(_hold_output_dir, argv))
+            else:
+                prevalidate(argv)
+                _hold_output_dir(argv)
         except fq_config.ConfigError as exc:
             print(f"flower-qlearn: {exc}", file=sys.stderr)
             sys.exit(2)

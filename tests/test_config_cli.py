@@ -109,3 +109,53 @@ def test_omegaconf_c_loader_reads_every_config_file_as_omegaconf_does():
     assert repr(yaml.load(edge, Loader=fast)) == repr(yaml.load(edge, Loader=reference))
     with pytest.raises(yaml.constructor.ConstructorError, match="duplicate key a"):
         yaml.load("a: 1\na: 2\n", Loader=fast)
+
+
+@pytest.mark.parametrize("overrides", [
+    [], ["strategy=importance", "num_rounds=3", "hydra.job.chdir=false"],
+    ["+experiment=woo_heterogeneity", "seed=4"],
+])
+def test_a_single_run_composed_once_is_what_hydra_composes(overrides):
+    """compose_once.run_mode_config: one RUN-mode composition of the overrides, with
+    ``hydra.mode=RUN`` applied, equals Hydra's composition of the overrides plus that line
+    (what ``Hydra.run`` composes after ``get_mode``): every key and value, node metadata, the
+    hydra node's override lists."""
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.types import RunMode
+    from omegaconf import DictConfig, OmegaConf
+
+    from flower_qlearn.compose_once import RUN_MODE_OVERRIDE, run_mode_config
+
+    def nodes(node, path=""):
+        yield path, node._metadata
+        if isinstance(node, DictConfig):
+            for key in node.keys():
+                yield from nodes(node._get_node(key), f"{path}.{key}")
+
+    with initialize_config_dir(str(fq_config.config_dir()), version_base=None):
+        loader = GlobalHydra.instance().hydra.config_loader
+        hydra = loader.load_configuration("config", [*overrides, RUN_MODE_OVERRIDE], RunMode.RUN)
+        ours = run_mode_config(loader.load_configuration("config", list(overrides), RunMode.RUN))
+    assert OmegaConf.to_container(ours, resolve=False) == OmegaConf.to_container(
+        hydra, resolve=False)
+    assert list(nodes(ours)) == list(nodes(hydra))
+    assert ours.hydra.mode == RunMode.RUN and ours.hydra.overrides.hydra[-1] == RUN_MODE_OVERRIDE
+
+
+def test_a_single_run_writes_what_hydras_own_path_writes(tmp_path):
+    """The CLI's single run (composed once) writes the same .hydra files as Hydra's own
+    ``@hydra.main`` path run into the same directory."""
+    out = tmp_path / "run"
+    args = ["num_rounds=2", "num_clients=3", "figures=false", f"output_dir={out}"]
+    ours = _cli(*args, cwd=tmp_path)
+    assert ours.returncode == 0, ours.stderr
+    files = {p.name: p.read_text() for p in (out / ".hydra").iterdir()}
+    hydra_path = subprocess.run(
+        [sys.executable, "-c", "import sys; from flower_qlearn import cli, launcher; "
+         f"sys.argv = ['flower-qlearn', *{args!r}, 'hydra.run.dir={out}']; "
+         "launcher.register(); cli._hydra_main()"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert hydra_path.returncode == 0, hydra_path.stderr
+    assert {p.name: p.read_text() for p in (out / ".hydra").iterdir()} == files
+    assert "hydra.mode=RUN" in files["hydra.yaml"]
