@@ -2,7 +2,9 @@
 
 ``benchmarks/startup.py`` measures the time; this checks the cause that a refactor most easily
 brings back: a heavy optional module imported at start (matplotlib with ``figures=false``,
-Ray, joblib, gymnasium for a built-in MDP, Flower's SuperLink grid and its SQLAlchemy).
+Ray, joblib, gymnasium for a built-in MDP, Flower's SuperLink grid and its SQLAlchemy; numba
+and SciPy, which a one-round run on a small MDP does not need: its kernels run interpreted,
+``flower_qlearn.jit``, and SciPy serves the large-MDP solvers only).
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ import sys
 import textwrap
 
 #: Top-level modules a ``figures=false`` in-process run on two_state must never import.
-NOT_NEEDED = ("matplotlib", "ray", "joblib", "gymnasium", "sqlalchemy", "alembic")
+NOT_NEEDED = ("matplotlib", "ray", "joblib", "gymnasium", "sqlalchemy", "alembic", "numba",
+              "scipy")
 
 
 def test_a_plain_run_imports_no_plotting_ray_joblib_or_superlink(tmp_path):
