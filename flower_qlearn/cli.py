@@ -92,14 +92,17 @@ def _hydra_main(cfg: DictConfig) -> float | None:
     hc = HydraConfig.get()
     overrides = list(hc.overrides.task)
     output_dir = cfg.output_dir or hc.runtime.output_dir
-    from .deployment import DeploymentError
-
     try:
         result = execute(cfg, output_dir, overrides)
     except fq_config.ConfigError as exc:  # e.g. a multirun job's output_dir in use
         print(f"flower-qlearn: {exc}", file=sys.stderr)
         sys.exit(2)
-    except DeploymentError as exc:  # no SuperLink, a failed run: what failed, in one line
+    except Exception as exc:
+        # no SuperLink, a failed run: what failed, in one line (a DeploymentError exists only
+        # once engine=deployment imported its module)
+        deployment = sys.modules.get(f"{__package__}.deployment")
+        if deployment is None or not isinstance(exc, deployment.DeploymentError):
+            raise
         print(f"flower-qlearn: {exc}", file=sys.stderr)
         sys.exit(1)
     print(result_line(str(cfg.strategy.name), result.history, result.output_dir))
@@ -200,9 +203,9 @@ def one_output_dir(argv: Sequence[str]) -> list[str]:
 def main() -> None:
     """Entry point of the ``flower-qlearn`` console script."""
     argv = sys.argv[1:]
-    from .yaml_text import use_c_loader_for_omegaconf
+    from .yaml_text import use_libyaml_for_hydra
 
-    use_c_loader_for_omegaconf()  # every composition reads ~20 YAML files
+    use_libyaml_for_hydra()  # every composition reads ~20 YAML files
     if not any(
         a in ("--help", "-h", "--hydra-help", "--info", "-i")
         or a.startswith("--cfg")
@@ -211,7 +214,8 @@ def main() -> None:
     ):
         try:
             _check_launcher(argv)
-            if _compose_once(argv):  # checked and locked when Hydra composes it (once)
+            single = _compose_once(argv)
+            if single:  # checked and locked when Hydra composes it (once)
                 from . import compose_once
 
                 compose_once.install(functools.partial(_hold_output_dir, argv))
@@ -222,9 +226,12 @@ def main() -> None:
             print(f"flower-qlearn: {exc}", file=sys.stderr)
             sys.exit(2)
         sys.argv[1:] = one_output_dir(argv)
-    from .launcher import register as register_launcher
+    else:
+        single = False
+    if not single:  # a single run never instantiates a launcher
+        from .launcher import register as register_launcher
 
-    register_launcher()  # hydra/launcher=batched (Hydra finds launchers only by registration)
+        register_launcher()  # hydra/launcher=batched (Hydra finds launchers by registration)
     _hydra_main()
 
 

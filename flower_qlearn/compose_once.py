@@ -86,6 +86,9 @@ def install(once_valid: Callable[[], None]) -> None:
             _refuse(fq_config.ConfigError(fq_config._hydra_error_line(exc)))
         except Exception:  # noqa: BLE001 - anything else: Hydra's own path reports it
             _checked(once_valid)
+            from .launcher import register
+
+            register()
             return _hydra_get_mode(self, config_name, overrides)
         try:
             fq_config.validate(task_config(cfg))
@@ -94,7 +97,10 @@ def install(once_valid: Callable[[], None]) -> None:
         except Exception:  # noqa: BLE001 - e.g. ${hydra:...} before the run: the task checks
             pass
         _checked(once_valid)
-        if cfg.hydra.mode is not None:
+        if cfg.hydra.mode is not None:  # the config sets it (MULTIRUN: a launcher runs it)
+            from .launcher import register
+
+            register()
             return cfg.hydra.mode
         composed[(config_name, (*overrides, RUN_MODE_OVERRIDE), RunMode.RUN)] = \
             run_mode_config(cfg)

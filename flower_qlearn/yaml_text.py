@@ -66,14 +66,26 @@ def omegaconf_loader() -> type:
     return type("OmegaConfCLoader", (yaml.cyaml.CParser, base), {"__init__": __init__})
 
 
-def use_c_loader_for_omegaconf() -> None:
-    """Make OmegaConf (and so Hydra, which loads every config file with ``OmegaConf.load``)
-    parse YAML with :func:`omegaconf_loader` in this process. Composing a config reads ~20
-    files; with PyYAML's pure-Python parser that was a third of each composition. The CLI
-    calls this; a library user's process is left as it is."""
+def use_libyaml_for_hydra() -> None:
+    """In this process, make OmegaConf (and so Hydra, which loads every config file with
+    ``OmegaConf.load``) parse YAML with :func:`omegaconf_loader`, and Hydra's ``run_job``
+    write a run's ``.hydra/*.yaml`` with :func:`omegaconf_yaml` (``OmegaConf.to_yaml``'s text
+    on libyaml's emitter). Composing a config reads ~20 files: with PyYAML's pure-Python
+    parser that was a third of each composition. The CLI calls this; a library user's process
+    is left as it is."""
+    import hydra.core.utils
     import omegaconf._utils
     import omegaconf.basecontainer
+    from omegaconf import OmegaConf
 
     loader = omegaconf_loader()
     omegaconf._utils.get_yaml_loader = lambda: loader
     omegaconf.basecontainer.get_yaml_loader = omegaconf._utils.get_yaml_loader
+
+    def _save_config(cfg, filename, output_dir) -> None:  # hydra.core.utils._save_config
+        output_dir.mkdir(parents=True, exist_ok=True)
+        text = omegaconf_yaml(OmegaConf.to_container(cfg, resolve=False, enum_to_str=True))
+        with open(str(output_dir / filename), "w", encoding="utf-8") as file:
+            file.write(text)
+
+    hydra.core.utils._save_config = _save_config

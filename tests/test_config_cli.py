@@ -89,7 +89,7 @@ def test_cli_run_and_multirun_write_one_output_dir_per_job(tmp_path):
 
 
 def test_omegaconf_c_loader_reads_every_config_file_as_omegaconf_does():
-    """The CLI makes OmegaConf parse YAML on libyaml (``yaml_text.use_c_loader_for_omegaconf``):
+    """The CLI makes OmegaConf parse YAML on libyaml (``yaml_text.use_libyaml_for_hydra``):
     every file of conf/ and of Hydra's own config package gives the same values, types
     included; OmegaConf's rules hold (duplicate keys refused, no timestamps, its floats)."""
     import hydra
@@ -127,8 +127,8 @@ def test_a_single_run_composed_once_is_what_hydra_composes(overrides):
 
     from flower_qlearn.compose_once import RUN_MODE_OVERRIDE, run_mode_config
 
-    def nodes(node, path=""):
-        yield path, node._metadata
+    def nodes(node, path=""):  # ${now:...} values cached when resolved: seconds apart
+        yield path, {k: v for k, v in vars(node._metadata).items() if k != "resolver_cache"}
         if isinstance(node, DictConfig):
             for key in node.keys():
                 yield from nodes(node._get_node(key), f"{path}.{key}")
