@@ -17,6 +17,7 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -25,7 +26,7 @@ from .outputs import LOG_FILE, RunResult, default_output_dir, hold_output_dir
 
 __all__ = [
     "RunResult", "execute", "final_metric", "result_line", "run_config_for", "run_experiment",
-    "with_output_dir",
+    "settings_for", "with_output_dir",
 ]
 
 
@@ -43,6 +44,26 @@ def with_output_dir(cfg: DictConfig, output_dir: Path) -> DictConfig:
     the run config of :func:`run_config_for` gives the apps."""
     OmegaConf.update(cfg, "output_dir", str(Path(output_dir).resolve()), merge=False)
     return cfg
+
+
+def settings_for(cfg: DictConfig, output_dir: Path) -> dict:
+    """The settings the run config of ``run_config_for(cfg, output_dir)`` carries to the apps
+    (``fq_config.settings`` of ``cfg`` with its ``output_dir`` resolved), without copying
+    ``cfg`` when no value of it interpolates ``output_dir`` (the only way another value can
+    depend on it): then they are ``cfg``'s settings with that one key replaced."""
+    unresolved = OmegaConf.to_container(cfg, resolve=False)
+    if _mentions(unresolved, "output_dir"):
+        return fq_config.settings(with_output_dir(cfg.copy(), output_dir))
+    return {**fq_config.settings(cfg), "output_dir": str(Path(output_dir).resolve())}
+
+
+def _mentions(tree: Any, name: str) -> bool:
+    """Whether an interpolation (``${...}``) in ``tree`` names ``name``."""
+    if isinstance(tree, dict):
+        return any(_mentions(v, name) for v in tree.values())
+    if isinstance(tree, list):
+        return any(_mentions(v, name) for v in tree)
+    return isinstance(tree, str) and "${" in tree and name in tree
 
 
 def _under_hydra() -> bool:

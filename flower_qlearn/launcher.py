@@ -224,7 +224,7 @@ def _batch_job(
     invalid job is left to pass 3, which fails it with its one-line reason.
     """
     from . import config as fq_config
-    from .api import with_output_dir
+    from .api import settings_for
 
     if OmegaConf.select(sweep_config, "engine.name") != "batched":
         return None
@@ -236,9 +236,7 @@ def _batch_job(
         fq_config.validate(task_cfg)
     except fq_config.ConfigError:
         return None
-    # the settings its run config would carry (run_config_for), from a second copy of the
-    # task config rather than a copy of the first
-    settings = fq_config.settings(with_output_dir(task_config(sweep_config), output_dir))
+    settings = settings_for(task_cfg, output_dir)  # what its run config would carry
     return BatchJob(settings=settings, output_dir=output_dir), task_cfg
 
 

@@ -268,3 +268,21 @@ def test_a_copier_copy_is_what_deepcopy_gives():
         assert second.seed == reference.seed == original.seed != 12345
     assert "hydra" in cfg and "hydra" not in task_config(cfg)
     assert OmegaConf.is_struct(task_config(cfg)) == OmegaConf.is_struct(cfg)
+
+
+def test_settings_for_are_the_run_configs_settings(tmp_path):
+    """api.settings_for (the batched launcher's job settings) equals the settings the run
+    config of run_config_for carries, with and without a value interpolating output_dir."""
+    from omegaconf import OmegaConf
+
+    from flower_qlearn.api import settings_for
+
+    plain = fq_config.compose([*SMALL, "engine=batched"])
+    mentioning = plain.copy()
+    OmegaConf.set_struct(mentioning, False)
+    mentioning.mdp.label = "${output_dir}/mdp"
+    for cfg in (plain, mentioning):
+        out = tmp_path / "job"
+        expected = fq_config.settings(fq_config.from_run_config(run_config_for(cfg, out)))
+        assert settings_for(cfg, out) == expected
+    assert settings_for(mentioning, tmp_path / "job")["mdp"]["label"] == f"{tmp_path / 'job'}/mdp"
