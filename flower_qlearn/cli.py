@@ -110,6 +110,21 @@ def _hydra_main(cfg: DictConfig) -> float | None:
     return value
 
 
+def _fewer_full_collections() -> None:
+    """Python's full garbage collections walk every live object; a sweep keeps hundreds of
+    composed configs and their results alive, so with the default thresholds a full
+    collection ran every few dozen jobs (~1.3 s of the Woo sweep's 400-job composition) and
+    the interpreter's last one at exit took ~1 s. The command makes them rare (young garbage
+    is collected as usual) and, when it is done, freezes what is left so that the exit does
+    not walk it (the process ends; the OS takes the memory back)."""
+    import atexit
+    import gc
+
+    first, second, third = gc.get_threshold()
+    gc.set_threshold(first, second, max(third, 1000))
+    atexit.register(gc.freeze)  # atexit runs before the interpreter's final collection
+
+
 def _check_launcher(argv: Sequence[str]) -> None:
     """``hydra/launcher=joblib`` needs the ``joblib`` extra: say so in one line."""
     if "hydra/launcher=joblib" not in argv:
@@ -203,6 +218,7 @@ def one_output_dir(argv: Sequence[str]) -> list[str]:
 def main() -> None:
     """Entry point of the ``flower-qlearn`` console script."""
     argv = sys.argv[1:]
+    _fewer_full_collections()
     from .yaml_text import use_libyaml_for_hydra
 
     use_libyaml_for_hydra()  # every composition reads ~20 YAML files
