@@ -218,6 +218,11 @@ def one_output_dir(argv: Sequence[str]) -> list[str]:
 def main() -> None:
     """Entry point of the ``flower-qlearn`` console script."""
     argv = sys.argv[1:]
+    from .jit import ENVIRONMENT_ERROR
+
+    if ENVIRONMENT_ERROR:  # FLOWER_QLEARN_INTERPRETED_STEPS=abc
+        print(f"flower-qlearn: {ENVIRONMENT_ERROR}", file=sys.stderr)
+        sys.exit(2)
     _fewer_full_collections()
     from .yaml_text import use_libyaml_for_hydra
 

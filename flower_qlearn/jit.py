@@ -32,12 +32,33 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
-__all__ = ["INTERPRETED_STEPS", "Kernel", "compile_all", "compiled", "interpreted", "njit"]
+__all__ = ["ENVIRONMENT_ERROR", "ENV_VAR", "INTERPRETED_STEPS", "Kernel", "compile_all",
+           "compiled", "interpreted", "njit"]
+
+#: The environment variable that sets :data:`INTERPRETED_STEPS`.
+ENV_VAR = "FLOWER_QLEARN_INTERPRETED_STEPS"
+DEFAULT_INTERPRETED_STEPS = 50_000
+
+
+def _budget_from_environment() -> tuple[int, str | None]:
+    """``(budget, error)``: the variable's value, or the default and a one-line error."""
+    text = os.environ.get(ENV_VAR)
+    if text is None:
+        return DEFAULT_INTERPRETED_STEPS, None
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        return DEFAULT_INTERPRETED_STEPS, (
+            f"invalid environment: {ENV_VAR}={text!r}; expected an integer >= 0")
+    return value, None
+
 
 #: Kernel steps (Markov transitions, or synchronous (s, a) updates) a process runs interpreted
 #: before it compiles: ~5 us a step interpreted, so about the 0.4 s numba's import and cache
 #: loads cost. ``FLOWER_QLEARN_INTERPRETED_STEPS=0`` compiles from the first call.
-INTERPRETED_STEPS = int(os.environ.get("FLOWER_QLEARN_INTERPRETED_STEPS", "50000"))
+INTERPRETED_STEPS, ENVIRONMENT_ERROR = _budget_from_environment()
 
 _KERNELS: list[Kernel] = []
 _LOCK = threading.RLock()

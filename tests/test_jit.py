@@ -94,3 +94,16 @@ def test_the_budget_is_spent_then_the_kernels_compile(monkeypatch):
     with jit.interpreted(1) as third:  # once compiled, never interpreted
         pass
     assert (first, second, third) == (True, False, False)
+
+
+def test_a_bad_budget_is_one_line_exit_2_nothing_written(tmp_path):
+    for bad in ("abc", "-3"):
+        env = dict(os.environ, FLOWER_QLEARN_INTERPRETED_STEPS=bad)
+        proc = subprocess.run([sys.executable, "-m", "flower_qlearn", "num_rounds=1",
+                               f"output_dir={tmp_path / 'out'}"], capture_output=True,
+                              text=True, env=env, timeout=300, check=False)
+        assert proc.returncode == 2
+        assert proc.stderr.strip() == (f"flower-qlearn: invalid environment: "
+                                       f"FLOWER_QLEARN_INTERPRETED_STEPS={bad!r}; "
+                                       "expected an integer >= 0")
+        assert not (tmp_path / "out").exists()
