@@ -48,6 +48,10 @@ from flower_qlearn.samplers import (  # noqa: E402
 )
 from flower_qlearn.sampling import behavior_policy, cumulative  # noqa: E402
 
+# Our kernels are declared with flower_qlearn.jit (compiled when first needed); an @njit
+# function of this script calls numba's dispatcher of one.
+inverse_cdf = inverse_cdf.dispatcher
+
 NUM_STATES, NUM_ACTIONS, BRANCHING = 100, 10, 10
 GAMMA, LEARNING_RATE, SEED = 0.9, 0.1, 0
 
