@@ -46,7 +46,7 @@ from hydra.core.utils import (
 )
 from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
-from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict, read_write
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from .batched import BatchJob
 from .sweep_compose import SweepComposer, task_config
@@ -173,15 +173,12 @@ class BatchedLauncher(Launcher):
 
 def _save_yaml(directory: Path, files: Mapping[str, object]) -> None:
     """Hydra's ``_save_config`` for each file (``OmegaConf.to_yaml`` of the node), faster:
-    :func:`~flower_qlearn.yaml_text.omegaconf_yaml` of the node's plain container."""
-    from .yaml_text import omegaconf_yaml
+    :func:`~flower_qlearn.yaml_text.config_yaml`."""
+    from .yaml_text import config_yaml
 
     directory.mkdir(parents=True, exist_ok=True)
     for name, node in files.items():
-        plain = OmegaConf.to_container(node, resolve=False, enum_to_str=True) if isinstance(
-            node, (DictConfig, ListConfig)) else {
-            k: OmegaConf.to_container(v, resolve=False, enum_to_str=True) for k, v in node.items()}
-        (directory / name).write_text(omegaconf_yaml(plain), encoding="utf-8")
+        (directory / name).write_text(config_yaml(node), encoding="utf-8")
 
 
 def _job_dir(sweep_config: DictConfig) -> str:

@@ -98,12 +98,12 @@ class SweepComposer:
         self.master = master_config
         self.enabled = True
         self._hydra_load = config_loader.load_sweep_config  # Hydra's own, kept if patched
-        # per set of group choices: (its composition, a copier of it, a copier of its task
-        # config)
-        self._bases: dict[tuple, tuple[DictConfig, Callable, Callable]] = {}
+        # per set of group choices: (a copier of its composition, one of its task config)
+        self._bases: dict[tuple, tuple[Callable, Callable]] = {}
         self._checked: set[tuple] = set()
         self._jobs: dict[tuple, DictConfig] = {}
-        self._task_values: dict[int, list] = {}  # id(job config) -> its app value overrides
+        # id(job config) -> (that config, its group set's task-config copier, its overrides)
+        self._task_values: dict[int, tuple[DictConfig, Callable, list]] = {}
 
     def install(self) -> None:
         """Serve the loader's ``load_sweep_config`` from here while the sweep runs.
@@ -140,10 +140,11 @@ class SweepComposer:
         key = tuple(groups)
         if key not in self._bases:
             base = self._hydra_load(self.master, groups)
-            self._bases[key] = (base, copier(base), copier(task_config(base)))
-        cfg = self._apply(self._bases[key][1], values, parsed)
+            self._bases[key] = (copier(base), copier(task_config(base)))
+        copy_base, copy_task = self._bases[key]
+        cfg = self._apply(copy_base, values, parsed)
         if not any(ov.is_hydra_override() for ov in values):
-            self._task_values[id(cfg)] = (cfg, self._bases[key][2], values)
+            self._task_values[id(cfg)] = (cfg, copy_task, values)
         if values and key not in self._checked:
             self._checked.add(key)
             slow = self._hydra_load(self.master, list(overrides))

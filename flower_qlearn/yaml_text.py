@@ -14,7 +14,8 @@ from typing import Any
 
 import yaml
 
-__all__ = ["omegaconf_yaml", "safe_load"]
+__all__ = ["config_yaml", "omegaconf_loader", "omegaconf_yaml", "safe_load",
+           "use_libyaml_for_hydra"]
 
 
 @functools.cache
@@ -38,6 +39,19 @@ def omegaconf_yaml(container: Any) -> str:
     ``OmegaConf.to_container(cfg, resolve=False, enum_to_str=True)`` returns)."""
     return yaml.dump(container, default_flow_style=False, allow_unicode=True, sort_keys=False,
                      Dumper=_dumper())
+
+
+def config_yaml(node: Any) -> str:
+    """``OmegaConf.to_yaml(node)`` (unresolved) of a DictConfig or ListConfig, or of a mapping
+    of them (``{"hydra": cfg.hydra}``, as Hydra saves ``hydra.yaml``), on libyaml's emitter."""
+    from omegaconf import DictConfig, ListConfig, OmegaConf
+
+    def plain(value: Any) -> Any:
+        return OmegaConf.to_container(value, resolve=False, enum_to_str=True)
+
+    if isinstance(node, (DictConfig, ListConfig)):
+        return omegaconf_yaml(plain(node))
+    return omegaconf_yaml({key: plain(value) for key, value in node.items()})
 
 
 def safe_load(text: str) -> Any:
@@ -76,7 +90,6 @@ def use_libyaml_for_hydra() -> None:
     import hydra.core.utils
     import omegaconf._utils
     import omegaconf.basecontainer
-    from omegaconf import OmegaConf
 
     loader = omegaconf_loader()
     omegaconf._utils.get_yaml_loader = lambda: loader
@@ -84,8 +97,7 @@ def use_libyaml_for_hydra() -> None:
 
     def _save_config(cfg, filename, output_dir) -> None:  # hydra.core.utils._save_config
         output_dir.mkdir(parents=True, exist_ok=True)
-        text = omegaconf_yaml(OmegaConf.to_container(cfg, resolve=False, enum_to_str=True))
         with open(str(output_dir / filename), "w", encoding="utf-8") as file:
-            file.write(text)
+            file.write(config_yaml(cfg))
 
     hydra.core.utils._save_config = _save_config
