@@ -4,9 +4,11 @@ Every error metric of the project is measured against these functions, so they f
 exactness over speed: discounted problems are solved by policy iteration with exact linear
 solves and certified by the Bellman residual; average-reward problems by relative value
 iteration on the aperiodic transform, with a certificate that the optimal gain is constant;
-fixed policies by direct linear solves (never power iteration). Above
-:data:`DENSE_MAX_STATES` states the discounted solvers run on the sparse transition lists
-(iterative policy evaluation), keeping the Bellman-residual certificate. NumPy and SciPy only.
+fixed policies by direct linear solves. Above :data:`DENSE_MAX_STATES` states every solver
+runs on the sparse transition lists, no ``(S, S)`` array is built, and each keeps a
+certificate: the discounted ones by iterative policy evaluation and the same Bellman residual,
+the average-reward ones by relative value iteration on the sparse lists and the certified
+iterations of :mod:`flower_qlearn.chains` for fixed policies' gains. NumPy and SciPy only.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import warnings
 
 import numpy as np
 
+from flower_qlearn.chains import gain_vector, reachable_max
 from flower_qlearn.mdp import TabularMDP
 
 __all__ = [
@@ -23,6 +26,7 @@ __all__ = [
     "optimal_gain",
     "optimal_q",
     "optimal_value",
+    "policy_chain",
     "policy_gain",
     "policy_q",
     "policy_value",
@@ -114,8 +118,14 @@ def _sparse_policy_value(
     return value
 
 
-def _policy_chain(mdp: TabularMDP, policy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Return the Markov chain ``P_pi`` (S, S) and reward ``r_pi`` (S,) induced by ``policy``."""
+def policy_chain(mdp: TabularMDP, policy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Return the Markov chain ``P_pi`` (S, S) and reward ``r_pi`` (S,) induced by ``policy``.
+
+    Above :data:`DENSE_MAX_STATES` states ``P_pi`` is a CSR matrix (:mod:`flower_qlearn.chains`
+    takes either).
+    """
+    if _sparse(mdp):
+        return _sparse_policy_chain(mdp, policy)
     matrix = _policy_matrix(mdp, policy)
     return np.einsum("sa,sat->st", matrix, mdp.P), np.einsum("sa,sa->s", matrix, mdp.R)
 
@@ -166,7 +176,7 @@ def policy_value(mdp: TabularMDP, policy: np.ndarray) -> np.ndarray:
     """
     if _sparse(mdp):
         return _sparse_policy_value(mdp, policy)
-    P_pi, r_pi = _policy_chain(mdp, policy)
+    P_pi, r_pi = policy_chain(mdp, policy)
     return np.linalg.solve(np.eye(mdp.num_states) - mdp.gamma * P_pi, r_pi)
 
 
@@ -238,54 +248,6 @@ def optimal_value(mdp: TabularMDP) -> np.ndarray:
     return optimal_q(mdp).max(axis=1)
 
 
-def _recurrent_classes(P_chain: np.ndarray) -> list[np.ndarray]:
-    """Closed communicating classes of a Markov chain (its recurrent classes), as index arrays.
-
-    A strongly connected component of the transition graph is recurrent iff no edge leaves it.
-    """
-    from scipy.sparse import csr_matrix
-    from scipy.sparse.csgraph import connected_components
-
-    graph = csr_matrix(P_chain > 0)
-    count, labels = connected_components(graph, directed=True, connection="strong")
-    rows, cols = graph.nonzero()
-    leaves = np.zeros(count, dtype=bool)
-    leaves[labels[rows][labels[rows] != labels[cols]]] = True
-    return [np.flatnonzero(labels == c) for c in range(count) if not leaves[c]]
-
-
-def _gain_vector(P_chain: np.ndarray, r_chain: np.ndarray) -> np.ndarray:
-    """Per-state average reward ``g = P* r`` of a Markov reward process (any class structure).
-
-    ``P*`` is the Cesaro limit of ``P^n``: each recurrent class ``C`` has its stationary
-    distribution ``mu_C`` and gain ``g_C = mu_C r``; a transient state's gain is the average
-    of ``g_C`` weighted by its absorption probabilities, from ``(I - Q) B = P[T, C]``.
-    """
-    S = P_chain.shape[0]
-    gain = np.zeros(S)
-    recurrent = np.zeros(S, dtype=bool)
-    class_gains = []
-    classes = _recurrent_classes(P_chain)
-    for members in classes:
-        block = P_chain[np.ix_(members, members)]
-        # mu (I - P_C) = 0 with sum(mu) = 1: replace one (redundant) balance equation.
-        system = (np.eye(members.size) - block).T
-        system[-1] = 1.0
-        rhs = np.zeros(members.size)
-        rhs[-1] = 1.0
-        mu = np.linalg.solve(system, rhs)
-        class_gains.append(float(mu @ r_chain[members]))
-        gain[members] = class_gains[-1]
-        recurrent[members] = True
-    transient = np.flatnonzero(~recurrent)
-    if transient.size:
-        into = np.stack([P_chain[np.ix_(transient, c)].sum(axis=1) for c in classes], axis=1)
-        lhs = np.eye(transient.size) - P_chain[np.ix_(transient, transient)]
-        absorption = np.linalg.solve(lhs, into)  # (T, number of classes)
-        gain[transient] = absorption @ np.array(class_gains)
-    return gain
-
-
 def policy_gain(mdp: TabularMDP, policy: np.ndarray, initial: np.ndarray | None = None) -> float:
     """Average reward of a fixed policy started from ``initial``, computed exactly.
 
@@ -294,7 +256,8 @@ def policy_gain(mdp: TabularMDP, policy: np.ndarray, initial: np.ndarray | None 
     stationary-distribution average, the same from every start; when the chain has several
     recurrent classes, each class's gain is weighted by the probability that the chain,
     started from ``initial``, is absorbed in it. Stationary and absorption probabilities are
-    linear solves, not power iteration.
+    linear solves; above :data:`DENSE_MAX_STATES` states, certified sparse iterations to
+    ``1e-12`` (:func:`flower_qlearn.chains.gain_vector`).
 
     Parameters
     ----------
@@ -310,22 +273,11 @@ def policy_gain(mdp: TabularMDP, policy: np.ndarray, initial: np.ndarray | None 
     float
         The long-run average reward, in ``[0, 1]``.
     """
-    P_chain, r_chain = _policy_chain(mdp, policy)
     start = mdp.initial if initial is None else np.asarray(initial, dtype=np.float64)
     if start.shape != (mdp.num_states,):
         raise ValueError(f"initial must have shape ({mdp.num_states},), got {start.shape}")
-    return float(start @ _gain_vector(P_chain, r_chain))
-
-
-def _reachable(P: np.ndarray) -> np.ndarray:
-    """Boolean ``(S, S)`` matrix: ``s'`` can be reached from ``s`` under some actions."""
-    S = P.shape[0]
-    reach = (P.sum(axis=1) > 0) | np.eye(S, dtype=bool)
-    while True:  # repeated squaring: at most log2(S) products
-        step = (reach.astype(np.float64) @ reach.astype(np.float64)) > 0
-        if np.array_equal(step, reach):
-            return reach
-        reach = step
+    P_chain, r_chain = policy_chain(mdp, policy)
+    return float(start @ gain_vector(P_chain, r_chain))
 
 
 def optimal_gain(
@@ -351,6 +303,10 @@ def optimal_gain(
     ``max d_n`` over the states reachable from ``s`` is an upper bound on the optimal gain of
     ``s``; when a lower bound exceeds another state's upper bound, the error is raised.
 
+    Above :data:`DENSE_MAX_STATES` states the same iteration runs on the sparse lists
+    (``P' V = 0.5 V + 0.5 P V``, one product per step) and the certificate's reach comes from
+    the components' condensation (:func:`flower_qlearn.chains.reachable_max`).
+
     Parameters
     ----------
     mdp : TabularMDP
@@ -372,11 +328,10 @@ def optimal_gain(
     NonConstantGainError
         The optimal gain differs across states; the message gives the per-state range.
     """
-    P_lazy = 0.5 * mdp.P + 0.5 * np.eye(mdp.num_states)[:, None, :]
-    reach: np.ndarray | None = None  # computed only if convergence is slow
+    lazy_q = _lazy_q(mdp)
     value = np.zeros(mdp.num_states)  # kept relative, value[0] = 0, so it stays bounded
     for iteration in range(1, max_iter + 1):
-        q = mdp.R + P_lazy @ value
+        q = lazy_q(value)
         new_value = q.max(axis=1)
         diff = new_value - value  # d_n = T' V_n - V_n
         span = float(diff.max() - diff.min())
@@ -385,9 +340,7 @@ def optimal_gain(
             return 0.5 * float(diff.max() + diff.min()), 0.5 * value
         # The certificate costs a few linear solves: only when convergence is slow.
         if iteration == 100 or iteration % 1000 == 0 or iteration == max_iter:
-            if reach is None:
-                reach = _reachable(mdp.P)
-            _certify_non_constant_gain(mdp, q, diff, reach, tol)
+            _certify_non_constant_gain(mdp, q, diff, tol)
         value = new_value - new_value[0]
     raise RuntimeError(
         f"optimal_gain: relative value iteration did not reach span {tol:g} in {max_iter} "
@@ -395,13 +348,29 @@ def optimal_gain(
     )
 
 
+def _lazy_q(mdp: TabularMDP):
+    """``value -> r + P' value`` with ``P' = 0.5 I + 0.5 P`` (dense up to DENSE_MAX_STATES)."""
+    if _sparse(mdp):
+        expect = mdp.transitions.expect
+        return lambda value: mdp.R + 0.5 * expect(value) + 0.5 * value[:, None]
+    P_lazy = 0.5 * mdp.P + 0.5 * np.eye(mdp.num_states)[:, None, :]
+    return lambda value: mdp.R + P_lazy @ value
+
+
+def _action_graph(mdp: TabularMDP):
+    """``(S, S)`` matrix whose nonzeros are the transitions of some action (any layout)."""
+    if _sparse(mdp):
+        return mdp.transitions.state_graph()
+    return mdp.P.sum(axis=1)
+
+
 def _certify_non_constant_gain(
-    mdp: TabularMDP, q: np.ndarray, diff: np.ndarray, reach: np.ndarray, tol: float
+    mdp: TabularMDP, q: np.ndarray, diff: np.ndarray, tol: float
 ) -> None:
     """Raise :class:`NonConstantGainError` if the bounds prove the optimal gain non-constant."""
-    P_chain, r_chain = _policy_chain(mdp, greedy_policy(q))
-    lower = _gain_vector(P_chain, r_chain)  # gain of one policy <= optimal gain, per state
-    upper = np.where(reach, diff[None, :], -np.inf).max(axis=1)  # >= optimal gain, per state
+    P_chain, r_chain = policy_chain(mdp, greedy_policy(q))
+    lower = gain_vector(P_chain, r_chain)  # gain of one policy <= optimal gain, per state
+    upper = reachable_max(_action_graph(mdp), diff)  # >= optimal gain, per state
     if lower.max() > upper.min() + max(tol, 1e-12):
         raise NonConstantGainError(
             "optimal gain is not constant across states: per-state gains range from "

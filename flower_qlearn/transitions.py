@@ -103,16 +103,35 @@ class Transitions:
         num_states, num_actions = P.shape[0], P.shape[1]
         flat = P.reshape(num_states * num_actions, P.shape[2])
         rows, cols = np.nonzero(flat)  # row-major: columns increase within each row
-        lengths = np.bincount(rows, minlength=flat.shape[0])
+        return cls._from_entries(rows, cols, flat[rows, cols], num_states, num_actions)
+
+    @classmethod
+    def from_csr(cls, matrix, num_states: int, num_actions: int) -> Transitions:
+        """From an ``(S * A, S)`` sparse matrix with row ``s * A + a`` (as :meth:`to_csr`);
+        explicit zeros are dropped."""
+        matrix = matrix.tocsr()
+        matrix.sum_duplicates()  # sorted, distinct columns in each row
+        rows = np.repeat(np.arange(matrix.shape[0]), np.diff(matrix.indptr))
+        keep = matrix.data != 0
+        return cls._from_entries(
+            rows[keep], matrix.indices[keep].astype(np.int64), matrix.data[keep], num_states,
+            num_actions,
+        )
+
+    @classmethod
+    def _from_entries(cls, rows, cols, values, num_states: int, num_actions: int):
+        """Padded lists from the nonzeros of the ``(S * A, S)`` matrix, row-major order."""
+        num_rows = num_states * num_actions
+        lengths = np.bincount(rows, minlength=num_rows)
         width = max(1, int(lengths.max()) if lengths.size else 1)
         starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
         slot = np.arange(rows.size) - starts[rows]
-        nxt = np.zeros((flat.shape[0], width), dtype=np.int64)
-        prob = np.zeros((flat.shape[0], width))
+        nxt = np.zeros((num_rows, width), dtype=np.int64)
+        prob = np.zeros((num_rows, width))
         nxt[rows, slot] = cols
-        prob[rows, slot] = flat[rows, cols]
+        prob[rows, slot] = values
         # Padding repeats the last real successor (never drawn: probability 0).
-        last = nxt[np.arange(flat.shape[0]), np.maximum(lengths - 1, 0)]
+        last = nxt[np.arange(num_rows), np.maximum(lengths - 1, 0)]
         pad = np.arange(width)[None, :] >= lengths[:, None]
         nxt = np.where(pad, last[:, None], nxt)
         shape = (num_states, num_actions, width)
@@ -155,6 +174,20 @@ class Transitions:
         rows = np.repeat(np.arange(S * A), W)[keep]
         matrix = csr_matrix(
             (self.prob.reshape(-1)[keep], (rows, self.next.reshape(-1)[keep])), shape=(S * A, S)
+        )
+        matrix.sum_duplicates()
+        return matrix
+
+    def state_graph(self):
+        """``(S, S)`` CSR matrix ``sum_a P(s' | s, a)``: its nonzeros are the edges ``s -> s'``
+        of some action (reachability)."""
+        from scipy.sparse import csr_matrix
+
+        S, A, W = self.next.shape
+        keep = self.prob.reshape(-1) > 0
+        rows = np.repeat(np.arange(S), A * W)[keep]
+        matrix = csr_matrix(
+            (self.prob.reshape(-1)[keep], (rows, self.next.reshape(-1)[keep])), shape=(S, S)
         )
         matrix.sum_duplicates()
         return matrix

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from scipy.optimize import linprog
 
+from flower_qlearn import solvers
 from flower_qlearn.mdp import TabularMDP, from_gymnasium, garnet, make_mdp, riverswim, two_state
 from flower_qlearn.solvers import (
     NonConstantGainError,
@@ -157,6 +158,15 @@ def test_policy_validation():
 
 # ---------------------------------------------------------------- average reward
 
+@pytest.fixture(params=["dense", "sparse"])
+def solver_path(request, monkeypatch):
+    """Every average-reward test runs on both solver paths: the dense linear solves and the
+    sparse iterations of flower_qlearn.chains (which large MDPs take)."""
+    limit = 10**9 if request.param == "dense" else 0
+    monkeypatch.setattr(solvers, "DENSE_MAX_STATES", limit)
+    return request.param
+
+
 
 def _cesaro_gain(P_chain: np.ndarray, r_chain: np.ndarray, start: np.ndarray) -> float:
     """(1/n) sum_{k<n} start P^k r for n = 2^20, by doubling: error O(1/n)."""
@@ -166,6 +176,7 @@ def _cesaro_gain(P_chain: np.ndarray, r_chain: np.ndarray, start: np.ndarray) ->
     return float(start @ total @ r_chain) / 2**20
 
 
+@pytest.mark.usefixtures("solver_path")
 def test_policy_gain_matches_cesaro_average_on_multichain_periodic_chain():
     # States 0-1: a period-2 recurrent class; 2: absorbing; 3-4: transient, leaking into both.
     P = np.zeros((5, 1, 5))
@@ -184,6 +195,7 @@ def test_policy_gain_matches_cesaro_average_on_multichain_periodic_chain():
     assert policy_gain(mdp, policy, initial=np.eye(5)[0]) == pytest.approx(0.6, abs=1e-12)
 
 
+@pytest.mark.usefixtures("solver_path")
 def test_policy_gain_unichain_is_stationary_average_from_any_start():
     mdp = garnet(12, 3, 4, seed=8)
     rng = np.random.default_rng(1)
@@ -210,6 +222,7 @@ def _small_frozenlake_reset() -> TabularMDP:
     ],
     ids=lambda m: m.name,
 )
+@pytest.mark.usefixtures("solver_path")
 def test_optimal_gain_is_the_max_over_deterministic_policies(mdp):
     brute = max(policy_gain(mdp, pi) for pi in _all_policies(mdp))
     rho, h = optimal_gain(mdp)
@@ -228,6 +241,7 @@ def test_optimal_gain_is_the_max_over_deterministic_policies(mdp):
     ],
     ids=lambda m: m.name,
 )
+@pytest.mark.usefixtures("solver_path")
 def test_optimal_gain_matches_pymdptoolbox_and_lp(mdp):
     rho, h = optimal_gain(mdp)
     assert rho == pytest.approx(_lp_gain(mdp), abs=1e-8)
@@ -246,6 +260,7 @@ def test_optimal_gain_matches_pymdptoolbox_and_lp(mdp):
     assert policy_gain(mdp, policy) == pytest.approx(rho, abs=1e-8)
 
 
+@pytest.mark.usefixtures("solver_path")
 def test_optimal_gain_handles_periodic_mdps_and_ignores_gamma():
     # A deterministic 3-cycle (period 3) paying 1 once per lap, or a self-loop paying 0.2.
     P = np.zeros((3, 2, 3))
@@ -261,6 +276,7 @@ def test_optimal_gain_handles_periodic_mdps_and_ignores_gamma():
     assert rho_other == rho and np.array_equal(h_other, h)
 
 
+@pytest.mark.usefixtures("solver_path")
 def test_optimal_gain_constant_despite_multiple_recurrent_classes():
     # Not weakly communicating, but both absorbing states pay 0.5: rho* = 0.5 everywhere.
     P = np.zeros((3, 2, 3))
@@ -271,6 +287,7 @@ def test_optimal_gain_constant_despite_multiple_recurrent_classes():
     assert rho == pytest.approx(0.5, abs=1e-9)
 
 
+@pytest.mark.usefixtures("solver_path")
 def test_optimal_gain_rejects_non_constant_gain():
     mdp = _two_absorbing_states()
     with pytest.raises(NonConstantGainError, match="per-state gains range from 0 to 1"):
@@ -281,6 +298,7 @@ def test_optimal_gain_rejects_non_constant_gain():
     assert policy_gain(mdp, np.array([1, 0, 0])) == pytest.approx(0.2, abs=1e-12)
 
 
+@pytest.mark.usefixtures("solver_path")
 def test_optimal_gain_reports_non_convergence():
     with pytest.raises(RuntimeError, match="did not reach span"):
         optimal_gain(riverswim(6), max_iter=3)
