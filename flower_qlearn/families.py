@@ -21,6 +21,7 @@ import numpy as np
 
 from .mdp import TabularMDP
 from .mdp_catalog import make_mdp
+from .transitions import Transitions
 
 #: ``client.environment``: every agent on the experiment's MDP, or each on its own member.
 ENVIRONMENTS = ("shared", "own")
@@ -53,13 +54,24 @@ def averaged_mdp(members: Sequence[TabularMDP], name: str | None = None) -> Tabu
         raise ValueError("averaged_mdp needs at least one MDP")
     first = members[0]
     for mdp in members[1:]:
-        if mdp.P.shape != first.P.shape or mdp.gamma != first.gamma:
+        if mdp.R.shape != first.R.shape or mdp.gamma != first.gamma:
             raise ValueError(f"{mdp.name} does not match {first.name} in sizes or gamma")
-    P = np.mean([m.P for m in members], axis=0)
+    P = _mean_transitions([m.transitions for m in members])
     R = np.mean([m.R for m in members], axis=0)
     initial = np.mean([m.initial for m in members], axis=0)
     label = name or f"average of {len(members)} ({first.name}, ...)"
     return TabularMDP(P, R, first.gamma, initial, name=label)
+
+
+def _mean_transitions(kernels: Sequence[Transitions]) -> Transitions:
+    """``(1/K) sum_k P_k`` on the sparse lists: the dense ``np.mean(P_k, axis=0)`` bit for bit
+    (the same additions in the same order, zeros aside, then one division by ``K``)."""
+    total = kernels[0].to_csr()
+    for kernel in kernels[1:]:
+        total = total + kernel.to_csr()
+    total.sum_duplicates()
+    total.data = total.data / len(kernels)  # not scipy's ``/ K`` (it multiplies by 1 / K)
+    return Transitions.from_csr(total, kernels[0].num_states, kernels[0].num_actions)
 
 
 def global_mdp(mdp_settings: Mapping[str, Any], num_agents: int) -> TabularMDP:

@@ -30,7 +30,9 @@ from .samplers import (
     inverse_cdf,
     markov_step,
     next_state,
+    next_state_table,
 )
+from .transitions import Transitions
 
 __all__ = [
     "BEHAVIORS",
@@ -358,8 +360,9 @@ class MarkovChain:
 
     Parameters
     ----------
-    P : np.ndarray
-        ``(S, A, S)`` transition probabilities.
+    P : np.ndarray or Transitions
+        ``(S, A, S)`` transition probabilities, or the sparse lists ``mdp.transitions`` (the
+        same trajectory, bit for bit; no dense table is built).
     policy : np.ndarray
         ``(S, A)`` row-stochastic behavior policy.
     state : int
@@ -373,21 +376,33 @@ class MarkovChain:
         Current state; advances with :meth:`sample`.
     rng : np.random.Generator
     p_cdf, pi_cdf : np.ndarray
-        Cumulative tables of ``P`` and ``policy``.
+        Cumulative tables of ``P`` (``(S, A, S)``, or ``(S, A, W)`` on the sparse lists) and
+        ``policy``.
     """
 
     def __init__(
-        self, P: np.ndarray, policy: np.ndarray, state: int, rng: np.random.Generator
+        self,
+        P: np.ndarray | Transitions,
+        policy: np.ndarray,
+        state: int,
+        rng: np.random.Generator,
     ) -> None:
-        P = _check_transitions(P)
+        if isinstance(P, Transitions):  # the kernel's shared sparse ``cdf`` table: same draws
+            shape = (P.num_states, P.num_actions)
+            p_table = next_state_table(P, "cdf")
+            self.p_cdf = p_table.value
+        else:
+            P = _check_transitions(P)
+            shape = P.shape[:2]
+            self.p_cdf = cumulative(P)
+            p_table = as_next_state_table(self.p_cdf)
         policy = np.asarray(policy, dtype=np.float64)
-        if policy.shape != P.shape[:2]:
-            raise ValueError(f"policy must have shape {P.shape[:2]}, got {policy.shape}")
-        if int(state) != state or not 0 <= state < P.shape[0]:
-            raise ValueError(f"state must be an integer in [0, {P.shape[0]}), got {state!r}")
-        self.p_cdf = cumulative(P)
+        if policy.shape != shape:
+            raise ValueError(f"policy must have shape {shape}, got {policy.shape}")
+        if int(state) != state or not 0 <= state < shape[0]:
+            raise ValueError(f"state must be an integer in [0, {shape[0]}), got {state!r}")
         self.pi_cdf = cumulative(policy)
-        self._tables = (as_next_state_table(self.p_cdf), as_action_table(self.pi_cdf))
+        self._tables = (p_table, as_action_table(self.pi_cdf))
         self.state = int(state)
         self.rng = rng
 
@@ -419,7 +434,9 @@ class MarkovChain:
         return {"state": int(self.state), "rng": _plain(self.rng.bit_generator.state)}
 
     @classmethod
-    def restore(cls, P: np.ndarray, policy: np.ndarray, snapshot: dict) -> MarkovChain:
+    def restore(
+        cls, P: np.ndarray | Transitions, policy: np.ndarray, snapshot: dict
+    ) -> MarkovChain:
         """Rebuild a chain from :meth:`snapshot`; it continues exactly where the original was."""
         rng_state = snapshot["rng"]
         bit_generator = getattr(np.random, rng_state["bit_generator"])()

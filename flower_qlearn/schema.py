@@ -111,6 +111,10 @@ def int_at_least(lo: int) -> Callable[[Any], bool]:
     return lambda v: is_int(v) and v >= lo
 
 
+def int_between(lo: int, hi: int) -> Callable[[Any], bool]:
+    return lambda v: is_int(v) and lo <= v <= hi
+
+
 def in_interval(lo: float, hi: float, lo_open: bool = False, hi_open: bool = False):
     def check(v: Any) -> bool:
         if not is_num(v):

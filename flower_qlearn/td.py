@@ -32,11 +32,29 @@ from functools import lru_cache
 
 import numpy as np
 
+from .chains import stationary_distribution
 from .mdp import TabularMDP
 from .sampling import MarkovChain
+from .solvers import policy_chain
+
+__all__ = [
+    "FEATURES",
+    "MAX_FEATURES",
+    "TDProblem",
+    "behavior_chain",
+    "feature_matrix",
+    "run_td_operator",
+    "stationary_distribution",
+    "td_operator",
+    "td_problem",
+]
 
 #: Feature maps: ``random`` (Gaussian rows scaled to unit norm, seeded), ``tabular`` (identity).
 FEATURES = ("random", "tabular")
+
+#: Most features ``d`` a run may use: ``td_problem`` solves a dense ``d x d`` system and takes
+#: the eigenvalues of its symmetric part (``O(d^3)``), and ``Phi`` is a dense ``(S, d)`` array.
+MAX_FEATURES = 2000
 
 
 def feature_matrix(kind: str, num_states: int, num_features: int | None, seed: int) -> np.ndarray:
@@ -69,28 +87,13 @@ def _features(kind: str, num_states: int, d: int, seed: int) -> np.ndarray:
     return phi
 
 
-def behavior_chain(mdp: TabularMDP, policy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``(P_pi, r_pi)``: the state chain ``(S, S)`` and mean rewards ``(S,)`` under ``policy``."""
-    policy = np.asarray(policy, dtype=np.float64)
-    return np.einsum("sa,sat->st", policy, mdp.P), np.einsum("sa,sa->s", policy, mdp.R)
+def behavior_chain(mdp: TabularMDP, policy: np.ndarray):
+    """``(P_pi, r_pi)``: the state chain ``(S, S)`` and mean rewards ``(S,)`` under ``policy``.
 
-
-def stationary_distribution(chain: np.ndarray) -> np.ndarray:
-    """The unique stationary distribution ``mu = mu P`` of a row-stochastic ``(S, S)`` chain.
-
-    Solves the balance equations with ``sum mu = 1`` appended (least squares on the stacked,
-    consistent system). Raises ValueError if it is not unique (several closed classes).
+    ``P_pi`` is dense up to :data:`~flower_qlearn.solvers.DENSE_MAX_STATES` states, a CSR
+    matrix built from the sparse lists above (no dense ``P`` is read).
     """
-    chain = np.asarray(chain, dtype=np.float64)
-    n = chain.shape[0]
-    system = np.vstack([chain.T - np.eye(n), np.ones((1, n))])
-    if np.linalg.matrix_rank(system) < n:
-        raise ValueError("the behavior chain has more than one stationary distribution")
-    rhs = np.zeros(n + 1)
-    rhs[-1] = 1.0
-    mu = np.linalg.lstsq(system, rhs, rcond=None)[0]
-    mu = np.clip(mu, 0.0, None)  # rounding: -1e-17 on a state of tiny mass
-    return mu / mu.sum()
+    return policy_chain(mdp, np.asarray(policy, dtype=np.float64))
 
 
 @dataclass(frozen=True)
@@ -102,7 +105,8 @@ class TDProblem:
     phi : np.ndarray
         ``(S, d)`` features.
     chain, reward : np.ndarray
-        ``P_pi`` ``(S, S)`` and ``r_pi`` ``(S,)``.
+        ``P_pi`` ``(S, S)`` (a CSR matrix above ``DENSE_MAX_STATES`` states) and ``r_pi``
+        ``(S,)``.
     mu : np.ndarray
         ``(S,)`` stationary distribution ``D`` of the chain.
     A, b : np.ndarray
@@ -189,7 +193,7 @@ def run_td_operator(
         raise ValueError(f"theta must have shape ({phi.shape[1]},), got {theta.shape}")
     if int(batch_size) < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    chain = MarkovChain(mdp.P, policy, int(state), rng)
+    chain = MarkovChain(mdp.transitions, policy, int(state), rng)
     states, actions, next_states = chain.sample(int(batch_size))
     g = td_operator(phi, theta, states, mdp.R[states, actions], next_states, mdp.gamma)
     return g, chain.state

@@ -79,6 +79,12 @@ REFUSED = [
     (["mdp=frozenlake", "mdp.map_name=8x8"], ["mdp.num_states=16", "64 (frozenlake map 8x8"]),
     (["mdp=taxi", "mdp.num_states=7"], ["mdp.num_states=7", "500 (taxi has 500 states"]),
     (["mdp=cliffwalking", "mdp.num_actions=5"], ["mdp.num_actions=5", "4 (cliffwalking"]),
+    # TD(0) with one feature per state on a large MDP: the exact d x d system would not fit
+    (["+experiment=dasa_td_speedup", "mdp.num_states=5000", "strategy.num_features=null"],
+     ["mdp.num_states=5000", "at most 2000 with tabular features",
+      "strategy.features=random strategy.num_features=d"]),
+    (["+experiment=dasa_td_speedup", "mdp.num_states=5000", "strategy.num_features=2001"],
+     ["strategy.num_features=2001", "null or an integer in [1, 2000]"]),
     # a strategy that makes no sense on the MDP: the hint names the variant that does
     (["mdp=taxi", "strategy=average_reward"], ["mdp.terminal='absorbing'",
                                                "mdp.terminal=reset"]),

@@ -322,3 +322,80 @@ def test_garnet_with_100k_states_builds_and_solves_within_memory():
     # alone measured 0.9-1.1 GiB (the fresh CI venv: 1132 MiB), a dense table would need 745 GiB.
     assert peak_mib < 2048, f"peak RSS {peak_mib:.0f} MiB"
     assert 0.0 < float(out[-1]) <= 10.0  # Q* in [0, 1 / (1 - gamma)]
+
+
+# ---------------------------------------------------------------- sparse end to end (chains)
+
+
+@pytest.mark.parametrize("family", ["hand_made", "garnet", "garnet_floyd", "riverswim", "taxi"])
+def test_markov_chain_on_the_sparse_lists_walks_the_dense_trajectory(family):
+    from flower_qlearn.sampling import MarkovChain
+
+    mdp = FAMILIES[family]()
+    policy = behavior_policy("dirichlet", mdp.num_states, mdp.num_actions, agent=0,
+                             num_agents=1, seed=4)
+    dense = MarkovChain(np.array(mdp.P), policy, 0, np.random.default_rng(9))
+    sparse = MarkovChain(mdp.transitions, policy, 0, np.random.default_rng(9))
+    for steps in (1, 37, 500):
+        for a, b in zip(dense.sample(steps), sparse.sample(steps), strict=True):
+            np.testing.assert_array_equal(a, b)
+    restored = MarkovChain.restore(mdp.transitions, policy, sparse.snapshot())
+    for a, b in zip(dense.sample(50), restored.sample(50), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("name", ["garnet", "two_state", "maze"])
+@pytest.mark.parametrize("members", [1, 3, 20])
+def test_averaged_environment_is_the_dense_mean_bit_for_bit(name, members):
+    from flower_qlearn.families import averaged_mdp, member_settings
+
+    sizes = {"garnet": {"num_states": 30, "num_actions": 3, "branching": 4},
+             "two_state": {"num_actions": 4}, "maze": {}}[name]
+    family = [make_mdp(**member_settings({"name": name, "gamma": 0.9, "seed": 5, **sizes}, k))
+              for k in range(members)]
+    average = averaged_mdp(family)
+    assert average._dense is None  # built from the sparse lists
+    np.testing.assert_array_equal(average.P, np.mean([m.P for m in family], axis=0))
+    np.testing.assert_array_equal(average.R, np.mean([m.R for m in family], axis=0))
+
+
+@pytest.mark.parametrize("features", ["random", "tabular"])
+def test_td_problem_on_the_sparse_path_matches_the_dense_one(features, monkeypatch):
+    from flower_qlearn import td
+
+    mdp = garnet(40, 2, 3, seed=2, gamma=0.8)
+    policy = np.full((40, 2), 0.5)
+    phi = td.feature_matrix(features, 40, 3 if features == "random" else None, seed=0)
+    dense = td.td_problem(mdp, policy, phi)
+    monkeypatch.setattr(solvers, "DENSE_MAX_STATES", 0)
+    sparse = td.td_problem(mdp, policy, phi)
+    assert not isinstance(sparse.chain, np.ndarray)  # a CSR chain: no (S, S) array
+    np.testing.assert_allclose(sparse.mu, dense.mu, rtol=0, atol=1e-13)
+    np.testing.assert_allclose(sparse.A, dense.A, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(sparse.theta_star, dense.theta_star, rtol=1e-9, atol=1e-11)
+    assert sparse.omega == pytest.approx(dense.omega, rel=1e-9)
+
+
+# S = 6000, A = 3: a dense P has 1.08e8 entries, beyond DENSE_LIMIT, so any dense read fails.
+_LARGE = ["mdp=garnet", "mdp.num_states=6000", "mdp.num_actions=3", "mdp.branching=3",
+          "figures=false"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("overrides", "metric"),
+    [
+        (["+experiment=avg_garnet", "strategy.num_epochs=2"], "gain_error"),
+        (["+experiment=dasa_td_speedup", "num_rounds=3", "strategy.num_features=3"],
+         "theta_error"),
+        (["client.environment=own", "num_clients=2", "num_rounds=2", "client.local_steps=10"],
+         "q_error"),
+    ],
+    ids=["average_reward", "dasa_td_linear", "own_environments"],
+)
+def test_runs_beyond_a_dense_kernel_use_the_sparse_path(overrides, metric, tmp_path):
+    from flower_qlearn import run_experiment
+
+    result = run_experiment([*overrides, *_LARGE, f"output_dir={tmp_path}"])
+    values = [row[metric] for row in result.history]
+    assert len(values) >= 2 and all(np.isfinite(v) and v >= 0 for v in values)

@@ -20,13 +20,14 @@ from flower_qlearn.schema import (
     Rule,
     get,
     int_at_least,
+    int_between,
     is_int,
     never,
     one_of,
     options,
     positive,
 )
-from flower_qlearn.td import FEATURES
+from flower_qlearn.td import FEATURES, MAX_FEATURES
 
 from ..base import common_args, value_bound
 from ..delays import DelayModel
@@ -144,6 +145,14 @@ def _td(settings: Mapping) -> bool:
     return get(settings, "strategy.operator") == "td_linear"
 
 
+def _features_of_every_state(settings: Mapping) -> bool:
+    """``d = S`` (tabular features, or ``num_features`` null) beyond
+    :data:`~flower_qlearn.td.MAX_FEATURES` states: the exact ``A`` is a dense ``d x d`` matrix."""
+    n = get(settings, "mdp.num_states")
+    tabular = get(settings, FEATURES_KEY) == "tabular" or get(settings, NUM_FEATURES) is None
+    return _td(settings) and tabular and is_int(n) and n > MAX_FEATURES
+
+
 def _too_many_features(settings: Mapping) -> bool:
     d, n = get(settings, NUM_FEATURES), get(settings, "mdp.num_states")
     if not (_td(settings) and is_int(d) and is_int(n)):
@@ -183,12 +192,21 @@ RULES_OF_CONFIG = (
     Rule("strategy.operator", one_of(OPERATORS), options(OPERATORS)),
     Rule("strategy.omega_divisor", positive, "a number > 0"),
     Rule(FEATURES_KEY, one_of(FEATURES), options(FEATURES), when=_td),
-    Rule(NUM_FEATURES, int_at_least(1), "null or an integer >= 1", when=_td, optional=True),
+    Rule(NUM_FEATURES, int_between(1, MAX_FEATURES), f"null or an integer in [1, {MAX_FEATURES}]",
+         when=_td, optional=True),
     Rule(
         NUM_FEATURES,
         never,
         "null or an integer <= mdp.num_states (random features; tabular: = mdp.num_states)",
         when=_too_many_features,
+    ),
+    Rule(
+        "mdp.num_states",
+        never,
+        f"at most {MAX_FEATURES} with tabular features or strategy.num_features=null (d = "
+        "mdp.num_states, and the exact TD solution is a dense d x d system): use "
+        f"strategy.features=random strategy.num_features=d with d <= {MAX_FEATURES}",
+        when=_features_of_every_state,
     ),
     Rule(FEATURE_SEED, int_at_least(0), "an integer >= 0", when=_td),
     Rule(
