@@ -5,7 +5,9 @@ kept its own cumulative copy; transitions are now sparse successor lists shared 
 of a process. For each ``S`` in ``--states`` (Garnet, ``A = 10``, branching 10,
 ``mdp.successors=floyd``), a fresh subprocess measures:
 
-- the build time of the MDP and the time of its exact ``Q*`` (policy iteration, certified);
+- the build time of the MDP and the times of its exact ``Q*`` (policy iteration, certified)
+  and its exact optimal gain ``rho*`` (relative value iteration, certified; sparse above
+  1000 states);
 - ns per asynchronous Q-learning update (``run_async_q``, uniform behavior, RNG included) for
   ``client.sampler=cdf`` and ``alias``, and for the dense inverse CDF of before (the previous
   kernel, ``benchmarks/kernel_speed.py``) where a dense table fits (``S <= --dense-max``);
@@ -84,7 +86,7 @@ def worker(args: argparse.Namespace) -> dict:
     from flower_qlearn.mdp import garnet
     from flower_qlearn.samplers import action_table, next_state_table
     from flower_qlearn.sampling import behavior_policy
-    from flower_qlearn.solvers import optimal_q
+    from flower_qlearn.solvers import optimal_gain, optimal_q
 
     S = args.worker
     warmup()
@@ -104,8 +106,11 @@ def worker(args: argparse.Namespace) -> dict:
     start = time.perf_counter()
     optimal_q(mdp)
     q_star_s = time.perf_counter() - start
+    start = time.perf_counter()
+    optimal_gain(mdp)  # the average-reward ground truth (sparse above 1000 states)
+    rho_star_s = time.perf_counter() - start
     policy = behavior_policy("uniform", S, NUM_ACTIONS, agent=0, num_agents=1, seed=SEED)
-    row.update(build_s=build_s, q_star_s=q_star_s,
+    row.update(build_s=build_s, q_star_s=q_star_s, rho_star_s=rho_star_s,
                transition_mib=mdp.transitions.nbytes / 2**20)
     for sampler in ("cdf", "alias"):
         p, pi = next_state_table(mdp.transitions, sampler), action_table(policy, sampler)
@@ -118,16 +123,17 @@ def worker(args: argparse.Namespace) -> dict:
 
 def _table(rows: list[dict], args: argparse.Namespace) -> str:
     lines = [
-        f"| S | P sparse (MiB) | build (s) | exact Q* (s) | ns/update cdf | ns/update alias | "
-        f"ns/update dense (before) | K={args.clients} in-process run (s) | peak RSS (MiB) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        f"| S | P sparse (MiB) | build (s) | exact Q* (s) | exact rho* (s) | ns/update cdf | "
+        f"ns/update alias | ns/update dense (before) | K={args.clients} in-process run (s) | "
+        "peak RSS (MiB) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         dense = "n/a (does not fit)" if r["ns_dense"] is None else f"{r['ns_dense']:.0f}"
         lines.append(
             f"| {r['S']:,} | {r['transition_mib']:.1f} | {r['build_s']:.2f} | {r['q_star_s']:.2f} "
-            f"| {r['ns_cdf']:.0f} | {r['ns_alias']:.0f} | {dense} | {r['run_s']:.1f} "
-            f"| {r['peak_rss_mib']:.0f} |"
+            f"| {r['rho_star_s']:.2f} | {r['ns_cdf']:.0f} | {r['ns_alias']:.0f} | {dense} "
+            f"| {r['run_s']:.1f} | {r['peak_rss_mib']:.0f} |"
         )
     return "\n".join(lines)
 

@@ -56,7 +56,10 @@ def recurrent_classes(chain) -> list[np.ndarray]:
     rows, cols = graph.nonzero()
     leaves = np.zeros(count, dtype=bool)
     leaves[labels[rows][labels[rows] != labels[cols]]] = True
-    return [np.flatnonzero(labels == c) for c in range(count) if not leaves[c]]
+    # Group the states by component in one sort (not one scan of S per class).
+    order = np.argsort(labels, kind="stable")
+    groups = np.split(order, np.cumsum(np.bincount(labels, minlength=count))[:-1])
+    return [groups[c] for c in range(count) if not leaves[c]]
 
 
 def gain_vector(chain, reward: np.ndarray, tol: float = GAIN_TOL) -> np.ndarray:
