@@ -38,6 +38,7 @@ from numba import njit, uint64
 # Runnable from a source checkout without installing the package.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from flower_qlearn.jit import dispatcher  # noqa: E402
 from flower_qlearn.kernels import async_q_steps, run_async_q, warmup  # noqa: E402
 from flower_qlearn.mdp import garnet  # noqa: E402
 from flower_qlearn.samplers import (  # noqa: E402
@@ -50,7 +51,7 @@ from flower_qlearn.sampling import behavior_policy, cumulative  # noqa: E402
 
 # Our kernels are declared with flower_qlearn.jit (compiled when first needed); an @njit
 # function of this script calls numba's dispatcher of one.
-inverse_cdf = inverse_cdf.dispatcher
+inverse_cdf = dispatcher(inverse_cdf)
 
 NUM_STATES, NUM_ACTIONS, BRANCHING = 100, 10, 10
 GAMMA, LEARNING_RATE, SEED = 0.9, 0.1, 0

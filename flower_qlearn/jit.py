@@ -18,8 +18,8 @@ The compiled loops call each other through their modules' globals (``markov_step
 ``async_q_steps``); numba resolves those when it compiles, so compiling rebinds every such
 global of this package's modules to its numba dispatcher. Code outside the package holding a
 kernel (``from flower_qlearn.kernels import async_q_steps``) holds a :class:`Kernel`, which
-forwards to the dispatcher; an ``@numba.njit`` function of its own must call
-``kernel.dispatcher`` instead.
+forwards to the dispatcher, or, imported after compilation, the dispatcher itself; an
+``@numba.njit`` function of its own must call :func:`dispatcher` ``(kernel)`` instead.
 """
 
 from __future__ import annotations
@@ -139,6 +139,12 @@ def compile_all() -> None:
             for attr, value in list(vars(module).items()):
                 if isinstance(value, Kernel) and value._dispatcher is not None:
                     setattr(module, attr, value._dispatcher)
+
+
+def dispatcher(kernel):
+    """numba's dispatcher of a package kernel, whether ``kernel`` is still its :class:`Kernel`
+    or already the dispatcher (module globals imported after :func:`compile_all`)."""
+    return kernel.dispatcher if isinstance(kernel, Kernel) else kernel
 
 
 def compiled() -> bool:

@@ -107,3 +107,27 @@ def test_a_bad_budget_is_one_line_exit_2_nothing_written(tmp_path):
                                        f"FLOWER_QLEARN_INTERPRETED_STEPS={bad!r}; "
                                        "expected an integer >= 0")
         assert not (tmp_path / "out").exists()
+
+
+def test_dispatcher_of_a_kernel_before_and_after_compilation():
+    # An @numba.njit caller outside the package (benchmarks/kernel_speed.py) needs numba's
+    # dispatcher whether it imported the Kernel before compilation or the rebound global after.
+    code = textwrap.dedent("""
+        import numba
+        from flower_qlearn import jit
+        from flower_qlearn.samplers import inverse_cdf as before
+        jit.compile_all()
+        from flower_qlearn.samplers import inverse_cdf as after
+        assert isinstance(before, jit.Kernel) and not isinstance(after, jit.Kernel)
+        assert jit.dispatcher(before) is after and jit.dispatcher(after) is after
+        import numpy as np
+        @numba.njit
+        def caller(row, u):
+            return jit_inverse_cdf(row, u)
+        jit_inverse_cdf = jit.dispatcher(before)
+        print(caller(np.array([0.25, 1.0]), 0.5))
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=600, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip() == "1"
