@@ -189,6 +189,16 @@ def _check_transitions(P: np.ndarray) -> np.ndarray:
     return P
 
 
+def _cdf_table(P: np.ndarray | Transitions) -> tuple[np.ndarray, NextStateTable]:
+    """``(p_cdf, table)`` of a dense kernel or of the sparse lists (their shared ``cdf`` table,
+    which draws the same states as the dense cumulative rows, bit for bit)."""
+    if isinstance(P, Transitions):
+        table = next_state_table(P, "cdf")
+        return table.value, table
+    p_cdf = cumulative(_check_transitions(P))
+    return p_cdf, as_next_state_table(p_cdf)
+
+
 def _check_steps(num_steps: int) -> int:
     if int(num_steps) != num_steps or num_steps < 0:
         raise ValueError(f"num_steps must be a non-negative integer, got {num_steps!r}")
@@ -202,18 +212,18 @@ class GenerativeModel:
 
     Parameters
     ----------
-    P : np.ndarray
-        ``(S, A, S)`` transition probabilities.
+    P : np.ndarray or Transitions
+        ``(S, A, S)`` transition probabilities, or the sparse lists ``mdp.transitions`` (the
+        same draws, bit for bit; no dense table is built).
 
     Attributes
     ----------
     p_cdf : np.ndarray
-        ``cumulative(P)``, the table the draws are made on.
+        ``cumulative(P)`` (``(S, A, W)`` on the sparse lists), the table the draws are made on.
     """
 
-    def __init__(self, P: np.ndarray) -> None:
-        self.p_cdf = cumulative(_check_transitions(P))
-        self._table = as_next_state_table(self.p_cdf)
+    def __init__(self, P: np.ndarray | Transitions) -> None:
+        self.p_cdf, self._table = _cdf_table(P)
 
     def sample(self, rng: np.random.Generator, num_steps: int = 1) -> np.ndarray:
         """Draw ``(num_steps, S, A)`` int64 next states, ``out[t, s, a] ~ P(. | s, a)``."""
@@ -387,15 +397,8 @@ class MarkovChain:
         state: int,
         rng: np.random.Generator,
     ) -> None:
-        if isinstance(P, Transitions):  # the kernel's shared sparse ``cdf`` table: same draws
-            shape = (P.num_states, P.num_actions)
-            p_table = next_state_table(P, "cdf")
-            self.p_cdf = p_table.value
-        else:
-            P = _check_transitions(P)
-            shape = P.shape[:2]
-            self.p_cdf = cumulative(P)
-            p_table = as_next_state_table(self.p_cdf)
+        self.p_cdf, p_table = _cdf_table(P)
+        shape = p_table.next.shape[:2]
         policy = np.asarray(policy, dtype=np.float64)
         if policy.shape != shape:
             raise ValueError(f"policy must have shape {shape}, got {policy.shape}")

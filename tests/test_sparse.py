@@ -399,3 +399,13 @@ def test_runs_beyond_a_dense_kernel_use_the_sparse_path(overrides, metric, tmp_p
     result = run_experiment([*overrides, *_LARGE, f"output_dir={tmp_path}"])
     values = [row[metric] for row in result.history]
     assert len(values) >= 2 and all(np.isfinite(v) and v >= 0 for v in values)
+
+
+@pytest.mark.parametrize("family", ["hand_made", "garnet_floyd", "riverswim", "taxi"])
+def test_generative_model_on_the_sparse_lists_draws_the_dense_samples(family):
+    from flower_qlearn.sampling import GenerativeModel
+
+    mdp = FAMILIES[family]()
+    dense = GenerativeModel(np.array(mdp.P)).sample(np.random.default_rng(3), 40)
+    sparse = GenerativeModel(mdp.transitions).sample(np.random.default_rng(3), 40)
+    np.testing.assert_array_equal(dense, sparse)
