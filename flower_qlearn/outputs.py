@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import csv
 import datetime as _dt
+import io
+import itertools
 import json
 import math
-import operator
 import os
 import re
 import socket
@@ -51,20 +52,56 @@ METRIC_COLUMNS = (
 
 def write_metrics(path: Path, history: list[dict]) -> None:
     """Write ``metrics.csv`` atomically: DESIGN.md columns first, extras after; empty cell =
-    not applicable."""
+    not applicable. The bytes are ``csv.writer``'s (:func:`metrics_text`)."""
     path = Path(path)
-    extras = sorted({k for row in history for k in row} - set(METRIC_COLUMNS))
-    columns = list(METRIC_COLUMNS) + extras
-    try:  # every row has every column (None: csv writes an empty cell): one C-level pass
-        lines = list(map(operator.itemgetter(*columns), history))
-    except KeyError:
-        lines = [[row.get(c) for c in columns] for row in history]
     tmp = path.with_suffix(".csv.tmp")
     with tmp.open("w", newline="") as fh:
+        fh.write(metrics_text(history))
+    tmp.replace(path)
+
+
+def metrics_text(history: list[dict]) -> str:
+    """The text of ``metrics.csv``: what ``csv.writer`` writes for the header and the rows
+    (a missing key or None is an empty cell), built column by column.
+
+    A column of ints, floats and Nones (every column a run writes) is converted by one ``map``
+    of ``str`` or ``repr`` (what ``csv.writer`` calls on an int or a float), its Nones as
+    empty cells; the rows are then joined without ``csv``'s per-cell quoting checks, which
+    such cells never need. Any other column (strings, ...), or a header that would need
+    quoting, goes through ``csv.writer`` itself."""
+    keys: set[str] = set()
+    for row in history:
+        keys.update(row)
+    columns = list(METRIC_COLUMNS) + sorted(keys - set(METRIC_COLUMNS))
+    cells = [_number_cells(list(map(dict.get, history, itertools.repeat(c)))) for c in columns]
+    if any(cell is None for cell in cells) or not all(map(_PLAIN_NAME, columns)):
+        fh = io.StringIO(newline="")
         writer = csv.writer(fh)
         writer.writerow(columns)
-        writer.writerows(lines)
-    tmp.replace(path)
+        writer.writerows([[row.get(c) for c in columns] for row in history])
+        return fh.getvalue()
+    lines = [",".join(columns), *map(",".join, zip(*cells, strict=True))]
+    return "\r\n".join(lines) + "\r\n"  # csv.writer's line terminator
+
+
+#: A header cell ``csv.writer`` writes as it is (no quoting): no delimiter, quote or newline.
+_PLAIN_NAME = re.compile(r'[^,"\r\n]*\Z').match
+_NONE = type(None)
+
+
+def _number_cells(values: list) -> list[str] | None:
+    """``csv.writer``'s cells of a column of ints, floats and Nones (``str`` of an int, ``repr``
+    of a float, ``""`` for None); None for a column of anything else."""
+    kinds = set(map(type, values))
+    if kinds <= {int}:
+        return list(map(str, values))
+    if kinds <= {float}:
+        return list(map(repr, values))
+    if kinds <= {_NONE}:
+        return [""] * len(values)
+    if kinds <= {int, float, _NONE}:
+        return ["" if v is None else repr(v) if type(v) is float else str(v) for v in values]
+    return None
 
 
 def _parse_cell(text: str | None) -> int | float | None:

@@ -227,6 +227,41 @@ def test_write_metrics_writes_what_csv_dictwriter_writes(tmp_path):
         assert [r["round"] for r in read_metrics(path)] == [r["round"] for r in history]
 
 
+def test_metrics_text_is_what_csv_writer_writes():
+    """outputs.metrics_text (columns of numbers joined without csv's per-cell checks) against
+    the plain csv.writer of every row: ints and floats (their repr: nan, inf, -0.0, 1e-300,
+    1e+16), big ints, missing keys and None as empty cells, bool, numpy scalars, strings that
+    need quoting, a header that needs quoting, no rows at all."""
+    import io
+
+    from flower_qlearn.outputs import METRIC_COLUMNS, metrics_text
+
+    def plain(history):
+        columns = list(METRIC_COLUMNS) + sorted({k for row in history for k in row}
+                                                - set(METRIC_COLUMNS))
+        fh = io.StringIO(newline="")
+        writer = csv.writer(fh)
+        writer.writerow(columns)
+        writer.writerows([[row.get(c) for c in columns] for row in history])
+        return fh.getvalue()
+
+    floats = [0.1, 1 / 3, -0.0, 0.0, float("nan"), float("inf"), float("-inf"), 1e-300, 1e16,
+              5e-324, 2.5, 123456789.125, -7.0]
+    batched = [{"round": r, "samples_per_agent": 50 * r, "accepted": 20, "rejected": 0,
+                "missing": 0, "bytes_up": 11520, "bytes_down": 5760, "kept_previous": 0,
+                "q_error": floats[r % len(floats)], "normalized_q_error": 0.1 * r,
+                "wall_s": 1.0 + r / 7} for r in range(1, 40)]
+    mixed = [{"round": 1, "q_error": 2**70, "gamma": 0.9, "samples_per_agent": 50},
+             {"round": 2, "q_error": None, "samples_per_agent": 75.5, "zeta": -3},
+             {"round": 3, "q_error": 1e-5, "alpha": 1, "samples_per_agent": None}]
+    odd = [{"round": 1, "flag": True, "q_error": np.float64(0.25), "rejected": np.int64(3)},
+           {"round": 2, "flag": False, "note": 'a "quoted", odd\nvalue', "q_error": 0.5},
+           {"round": 3, "note": " padded ", "weird,name": 1, "q\nline": 2.0}]
+    for history in (batched, mixed, odd, [], [{}], batched + mixed + odd):
+        assert metrics_text(history) == plain(history), history[:2]
+    assert metrics_text([]) == ",".join(METRIC_COLUMNS) + "\r\n"
+
+
 def _job(path: str, overrides: dict[str, str], errors: list[float]) -> sweeps.Job:
     rows = [
         {"round": r + 1, "samples_per_agent": 10.0 * (r + 1), "normalized_q_error": e}
