@@ -300,6 +300,17 @@ def test_a_second_run_into_a_held_output_dir_is_refused_naming_the_first(tmp_pat
     assert not (out / outputs.LOCK_FILE).exists()
 
 
+def test_a_lock_record_replaces_a_longer_stale_one(tmp_path):
+    """The lock file holds exactly this run's record, also over a longer one a dead run left
+    (the record is written, then the file cut to its length)."""
+    stale = {"pid": 999999, "host": "h" * 500, "started": "then", "command": ["x"] * 100}
+    (tmp_path / outputs.LOCK_FILE).write_text(json.dumps(stale))
+    with outputs.hold_output_dir(tmp_path):
+        record = json.loads((tmp_path / outputs.LOCK_FILE).read_text())
+        assert record["pid"] == os.getpid() and record["host"] != stale["host"]
+    assert not (tmp_path / outputs.LOCK_FILE).exists()
+
+
 def test_summary_records_the_engine_that_ran(tmp_path):
     result = run_experiment([*QUICK, "num_rounds=2", "log_every=0", f"output_dir={tmp_path}"])
     assert result.summary["engine"] == "inprocess"
