@@ -104,6 +104,8 @@ class SweepComposer:
         self._jobs: dict[tuple, DictConfig] = {}
         # id(job config) -> (that config, its group set's task-config copier, its overrides)
         self._task_values: dict[int, tuple[DictConfig, Callable, list]] = {}
+        # id(job config) -> (that config, its group set, the paths its copy of the set changed)
+        self._changes: dict[int, tuple[DictConfig, tuple, list[str]]] = {}
 
     def install(self) -> None:
         """Serve the loader's ``load_sweep_config`` from here while the sweep runs.
@@ -145,6 +147,7 @@ class SweepComposer:
         cfg = self._apply(copy_base, values, parsed)
         if not any(ov.is_hydra_override() for ov in values):
             self._task_values[id(cfg)] = (cfg, copy_task, values)
+        self._changes[id(cfg)] = (cfg, key, [ov.key_or_group for ov in values] + _PER_JOB_HYDRA)
         if values and key not in self._checked:
             self._checked.add(key)
             slow = self._hydra_load(self.master, list(overrides))
@@ -154,6 +157,16 @@ class SweepComposer:
                 self.enabled = False
                 return slow
         return cfg
+
+    def changes(self, sweep_config: DictConfig) -> tuple[tuple, list[str]] | None:
+        """``(group set, paths)`` of a job config :meth:`load` gave from its group set's
+        composition: the config equals every other such job config of that group set except
+        at these dotted paths (its value overrides', and the hydra entries :meth:`_apply`
+        sets). None for a config composed otherwise."""
+        found = self._changes.get(id(sweep_config))
+        if found is None or found[0] is not sweep_config:
+            return None
+        return found[1], list(found[2])
 
     def task_config(self, sweep_config: DictConfig) -> DictConfig:
         """:func:`task_config` of a job config :meth:`load` gave, built from its group set's
@@ -188,6 +201,10 @@ class SweepComposer:
                 exclude_keys=dirname.exclude_keys)
         OmegaConf.copy_cache(from_config=self.master, to_config=cfg)
         return cfg
+
+
+#: The entries of the hydra node :meth:`SweepComposer._apply` sets for each job.
+_PER_JOB_HYDRA = ["hydra.overrides.hydra", "hydra.overrides.task", "hydra.job.override_dirname"]
 
 
 def _plain(cfg: DictConfig) -> dict:

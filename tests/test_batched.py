@@ -270,6 +270,64 @@ def test_a_copier_copy_is_what_deepcopy_gives():
     assert OmegaConf.is_struct(task_config(cfg)) == OmegaConf.is_struct(cfg)
 
 
+def test_section_texts_are_the_whole_configs_yaml(monkeypatch):
+    """yaml_text.SectionTexts (the batched launcher's .hydra files: each section shared by the
+    jobs of a group set emitted once) against config_yaml of each whole config, for copies of
+    one composition changed at the given paths: top-level and nested values, the hydra node's
+    per-job entries, lists, a multi-line string, an interpolation, a mapping replaced by None,
+    paths into a list or to a missing key (emitted whole); and its first-config check turns
+    the reuse off when the assembled text differs."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf, open_dict
+
+    from flower_qlearn import yaml_text
+    from flower_qlearn.sweep_compose import copier, task_config
+    from flower_qlearn.yaml_text import SectionTexts, config_yaml
+
+    with initialize_config_dir(str(fq_config.config_dir()), version_base=None):
+        base = compose("config", ["+experiment=woo_heterogeneity"], return_hydra_config=True)
+    make = copier(base)
+    # (values set, further paths declared changed)
+    changes = [
+        ({"seed": 3, "client.behavior": "uniform"}, []),
+        ({"seed": 4, "client.behavior": "disjoint", "hydra.job.num": 7, "hydra.job.id": "7",
+          "hydra.runtime.output_dir": "/tmp/x/7", "hydra.overrides.task": ["seed=4", "a=b"]},
+         []),
+        ({"mdp.gamma": 0.5, "hydra.job.override_dirname": "seed=5,x=y"}, ["hydra.verbose"]),
+        ({"plot.title": "two\nlines: 'quoted' and a long one " + "x" * 90,
+          "log_every": "${seed}"}, []),
+        ({"client.slow_agents": [1, 2], "plot.reach": None}, ["client.slow_agents.0"]),
+        ({"plot.reach": {"q_error": 0.1, "deeper": {"a": [1, {"b": None}]}}}, []),
+        ({"seed": 9}, ["nope.x"]),
+        ({}, []),
+    ]
+    texts = SectionTexts()
+    for values, declared in changes:
+        cfg = make()
+        with open_dict(cfg):
+            for path, value in values.items():
+                OmegaConf.update(cfg, path, value, merge=False)
+        hydra_node = {"hydra": cfg.hydra}
+        task = task_config(cfg)
+        paths = [*values, *declared]
+        assert texts.text(task, "config", [p for p in paths if not p.startswith("hydra.")]) \
+            == config_yaml(task), values
+        assert texts.text(hydra_node, "hydra", [p for p in paths if p.startswith("hydra.")]) \
+            == config_yaml(hydra_node), values
+    assert texts.enabled and texts._texts  # sections were reused, none found different
+
+    def broken(path, value):  # an entry's text that is not what the whole config emits
+        heads, body = entry_text(path, value)
+        return heads, body.replace("seed", "seeds")
+
+    entry_text = yaml_text._entry_text
+    monkeypatch.setattr(yaml_text, "_entry_text", broken)
+    checked = SectionTexts()
+    cfg = task_config(make())
+    assert checked.text(cfg, "config", ["seed"]) == config_yaml(cfg)
+    assert not checked.enabled
+
+
 def test_settings_for_are_the_run_configs_settings(tmp_path):
     """api.settings_for (the batched launcher's job settings) equals the settings the run
     config of run_config_for carries, with and without a value interpolating output_dir."""
