@@ -162,6 +162,30 @@ def test_every_key_of_the_conf_tree_has_a_rule():
                 fq_config.compose([f"{key}=not_a_number"])
 
 
+def test_the_rules_follow_the_registered_strategies():
+    """all_rules is built once per set of registered strategies: registering a strategy (or
+    another spec under a name) adds its rules, removing it drops them."""
+    import dataclasses
+
+    from flower_qlearn.strategies import registry
+
+    def fields():
+        return {r.field for r in fq_config.all_rules()}
+
+    before = fields()
+    assert fq_config.all_rules() is not fq_config.all_rules()  # each caller gets its own list
+    base = registry.STRATEGIES["equal"]
+    extra = schema.Rule("client.test_only_knob", schema.never, "nothing")
+    registry.register(dataclasses.replace(base, name="test_only", rules=(extra,)))
+    try:
+        assert fields() == before | {"client.test_only_knob"}
+        registry.STRATEGIES["test_only"] = dataclasses.replace(base, name="test_only")
+        assert fields() == before
+    finally:
+        del registry.STRATEGIES["test_only"]
+    assert fields() == before
+
+
 def test_memory_estimate_counts_the_arrays_a_run_really_allocates():
     # the transition term is what the builder allocates with one successor per (s, a), byte
     # for byte, and a lower bound with more
