@@ -17,7 +17,7 @@ import re
 import socket
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -123,17 +123,70 @@ def read_metrics(path: Path) -> list[dict]:
     cells are all ints or all floats is converted by one ``map``; any other column, or a file
     with a short or long row, cell by cell.
     """
+    return list(read_metrics_table(path))
+
+
+def read_metrics_table(path: Path) -> MetricsTable:
+    """``metrics.csv`` as a :class:`MetricsTable`: the rows of :func:`read_metrics`, each
+    column parsed only when it is first asked for (a sweep's figures use a few of them)."""
     with Path(path).open(newline="") as fh:
         reader = csv.reader(fh)
         header = next(reader, None)
         if header is None:
-            return []
+            return MetricsTable([], rows=[])
         lines = [cells for cells in reader if cells]  # blank lines skipped, as DictReader does
     width = len(header)
     if any(len(cells) != width for cells in lines):
-        return [_parse_row(header, cells) for cells in lines]
-    columns = [_parse_column(cells) for cells in zip(*lines, strict=True)]
-    return [dict(zip(header, values, strict=True)) for values in zip(*columns, strict=True)]
+        return MetricsTable(header, rows=[_parse_row(header, cells) for cells in lines])
+    return MetricsTable(header, cells=list(zip(*lines, strict=True)) if lines else
+                        [()] * width)
+
+
+class MetricsTable(Sequence):
+    """The rows of a ``metrics.csv`` (dicts, as :func:`read_metrics` gives them), built when
+    asked for, and its columns (:meth:`column`), each parsed once, when first asked for."""
+
+    def __init__(self, header: list[str], *, cells: list[tuple[str, ...]] | None = None,
+                 rows: list[dict] | None = None) -> None:
+        self.header = list(header)
+        self._cells = cells  # the text of each column, by position
+        self._parsed: dict[int, list] = {}
+        self._rows = rows
+        self._length = len(rows) if rows is not None else len(cells[0]) if cells else 0
+        # a name's column is its last position (what a row's dict holds for a repeated name)
+        self._position = {name: i for i, name in enumerate(self.header)}
+
+    def column(self, name: str) -> list:
+        """The values of column ``name`` (None for an empty cell, or for every row if the
+        file has no such column)."""
+        if self._rows is not None:
+            return [row.get(name) for row in self._rows]
+        position = self._position.get(name)
+        if position is None:
+            return [None] * self._length
+        return self._values(position)
+
+    def _values(self, position: int) -> list:
+        if position not in self._parsed:
+            self._parsed[position] = _parse_column(self._cells[position])
+        return self._parsed[position]
+
+    def __len__(self) -> int:
+        return self._length
+
+    def __getitem__(self, index):
+        if self._rows is None:  # every row at once: as read_metrics built them
+            columns = [self._values(i) for i in range(len(self.header))]
+            self._rows = [dict(zip(self.header, values, strict=True))
+                          for values in zip(*columns, strict=True)]
+        return self._rows[index]
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Sequence) and not isinstance(other, str):
+            return list(self) == list(other)
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment] - equal to lists, so not hashable
 
 
 #: A cell with one of these characters is never an int (0.25, 1e-05, nan, inf): _parse_cell.

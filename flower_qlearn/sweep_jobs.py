@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from .outputs import METRICS_FILE, SUMMARY_FILE, read_metrics
+from .outputs import METRICS_FILE, SUMMARY_FILE, MetricsTable, read_metrics_table
 from .yaml_text import safe_load
 
 #: Override keys that index replicates: averaged over, never a group.
@@ -34,10 +34,12 @@ class Job:
     path: Path
     overrides: dict[str, str] | None  # key -> value as typed; None: not a Hydra job
     config: dict
-    rows: list[dict]
+    rows: Sequence[dict]  # a list of dicts, or the MetricsTable load_job reads
 
     def column(self, name: str) -> np.ndarray:
         """Column ``name`` of ``metrics.csv`` as float64; empty cells (not applicable) are NaN."""
+        if isinstance(self.rows, MetricsTable):  # parsed once, converted by numpy (None: NaN)
+            return np.array(self.rows.column(name), dtype=np.float64)
         return np.array(
             [np.nan if row.get(name) is None else float(row[name]) for row in self.rows]
         )
@@ -85,7 +87,7 @@ def load_job(run_dir: str | Path) -> Job:
         config = safe_load((hydra_dir / "config.yaml").read_text()) or {}
     elif (run_dir / SUMMARY_FILE).is_file():
         config = json.loads((run_dir / SUMMARY_FILE).read_text()).get("config", {})
-    return Job(run_dir, overrides, config, read_metrics(run_dir / METRICS_FILE))
+    return Job(run_dir, overrides, config, read_metrics_table(run_dir / METRICS_FILE))
 
 
 def load_jobs(root: str | Path) -> list[Job]:

@@ -207,6 +207,37 @@ def test_read_metrics_reads_what_csv_dictreader_reads(tmp_path):
     assert [r["round"] for r in got] == [1, 2, 3] and got[2]["empty"] == 4
 
 
+def test_a_metrics_table_is_read_metrics_rows_and_columns(tmp_path):
+    """outputs.read_metrics_table (what load_job keeps: columns parsed when asked for) against
+    the rows read_metrics gives: the same rows, each column the rows' values of that key, and
+    Job.column the same float64 arrays (NaN for empty cells or a missing column) as the plain
+    computation from those rows; for regular files, truncated rows, a repeated column name,
+    a header alone and an empty file."""
+    from flower_qlearn.outputs import read_metrics, read_metrics_table
+
+    texts = [
+        "round,q_error,mixed,empty,signed\r\n1,0.5,1,,+3\r\n2,nan,0.5,,-1\r\n3,1e-05,inf,4, 7\r\n",
+        "round,q_error,rejected,extra\n1,0.5,0,\n\n2,1e-05,3,nan\n3,inf,-2,+4\n4,0.25\n",
+        "round,x,x\n1,2,3.5\n2,,4\n",
+        "round,q_error\n",
+        "",
+    ]
+    path = tmp_path / "metrics.csv"
+    for text in texts:
+        path.write_text(text)
+        rows = read_metrics(path)
+        table = read_metrics_table(path)
+        for name in (*(rows[0] if rows else ()), "absent"):
+            assert repr(table.column(name)) == repr([row.get(name) for row in rows]), name
+            fast = sweeps.Job(path, None, {}, table).column(name)
+            plain = sweeps.Job(path, None, {}, rows).column(name)
+            assert fast.dtype == plain.dtype and np.array_equal(fast, plain, equal_nan=True)
+        assert len(table) == len(rows) and repr(list(table)) == repr(rows)
+        assert repr(table[-1:]) == repr(rows[-1:]) and bool(table) == bool(rows)
+        if "nan" not in text:  # (nan != nan: a dict holding one is unequal to its copy)
+            assert table == rows
+
+
 def test_write_metrics_writes_what_csv_dictwriter_writes(tmp_path):
     """DESIGN.md columns first, extras sorted after; None and a missing key are empty cells."""
     from flower_qlearn.outputs import METRIC_COLUMNS, read_metrics, write_metrics
