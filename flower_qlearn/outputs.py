@@ -50,7 +50,7 @@ METRIC_COLUMNS = (
 )
 
 
-def write_metrics(path: Path, history: list[dict]) -> None:
+def write_metrics(path: Path, history: Sequence[dict]) -> None:
     """Write ``metrics.csv`` atomically: DESIGN.md columns first, extras after; empty cell =
     not applicable. The bytes are ``csv.writer``'s (:func:`metrics_text`)."""
     path = Path(path)
@@ -60,7 +60,7 @@ def write_metrics(path: Path, history: list[dict]) -> None:
     tmp.replace(path)
 
 
-def metrics_text(history: list[dict]) -> str:
+def metrics_text(history: Sequence[dict]) -> str:
     """The text of ``metrics.csv``: what ``csv.writer`` writes for the header and the rows
     (a missing key or None is an empty cell), built column by column.
 
@@ -68,12 +68,22 @@ def metrics_text(history: list[dict]) -> str:
     of ``str`` or ``repr`` (what ``csv.writer`` calls on an int or a float), its Nones as
     empty cells; the rows are then joined without ``csv``'s per-cell quoting checks, which
     such cells never need. Any other column (strings, ...), or a header that would need
-    quoting, goes through ``csv.writer`` itself."""
+    quoting, goes through ``csv.writer`` itself. A :class:`MetricsTable` is read by column,
+    and a column it shares with other tables (a tuple: the batched engine's rounds, wall
+    times and counters, the same for all jobs of a group) is converted once."""
+    table = history if isinstance(history, MetricsTable) else None
     keys: set[str] = set()
-    for row in history:
-        keys.update(row)
+    if table is not None:
+        keys.update(table.header if len(table) else ())
+    else:
+        for row in history:
+            keys.update(row)
     columns = list(METRIC_COLUMNS) + sorted(keys - set(METRIC_COLUMNS))
-    cells = [_number_cells(list(map(dict.get, history, itertools.repeat(c)))) for c in columns]
+    if table is not None:
+        cells = [_column_cells(table.column(c)) for c in columns]
+    else:
+        cells = [_number_cells(list(map(dict.get, history, itertools.repeat(c))))
+                 for c in columns]
     if any(cell is None for cell in cells) or not all(map(_PLAIN_NAME, columns)):
         fh = io.StringIO(newline="")
         writer = csv.writer(fh)
@@ -82,6 +92,23 @@ def metrics_text(history: list[dict]) -> str:
         return fh.getvalue()
     lines = [",".join(columns), *map(",".join, zip(*cells, strict=True))]
     return "\r\n".join(lines) + "\r\n"  # csv.writer's line terminator
+
+
+#: id(tuple column) -> (that column, its cells): a column shared by many tables, converted once.
+_SHARED_CELLS: dict[int, tuple[tuple, list[str] | None]] = {}
+
+
+def _column_cells(values: Sequence) -> list[str] | None:
+    """:func:`_number_cells` of a table's column, remembered for a (shared, immutable) tuple."""
+    if type(values) is not tuple:
+        return _number_cells(list(values))
+    hit = _SHARED_CELLS.get(id(values))
+    if hit is None or hit[0] is not values:
+        if len(_SHARED_CELLS) >= 256:
+            _SHARED_CELLS.clear()
+        hit = (values, _number_cells(list(values)))
+        _SHARED_CELLS[id(values)] = hit
+    return hit[1]
 
 
 #: A header cell ``csv.writer`` writes as it is (no quoting): no delimiter, quote or newline.
@@ -133,32 +160,44 @@ def read_metrics_table(path: Path) -> MetricsTable:
         reader = csv.reader(fh)
         header = next(reader, None)
         if header is None:
-            return MetricsTable([], rows=[])
+            return MetricsTable.of_rows([], [])
         lines = [cells for cells in reader if cells]  # blank lines skipped, as DictReader does
     width = len(header)
     if any(len(cells) != width for cells in lines):
-        return MetricsTable(header, rows=[_parse_row(header, cells) for cells in lines])
-    return MetricsTable(header, cells=list(zip(*lines, strict=True)) if lines else
-                        [()] * width)
+        return MetricsTable.of_rows(header, [_parse_row(header, cells) for cells in lines])
+    table = MetricsTable(header, [None] * width, len(lines))
+    table._cells = list(zip(*lines, strict=True)) if lines else [()] * width
+    return table
 
 
 class MetricsTable(Sequence):
-    """The rows of a ``metrics.csv`` (dicts, as :func:`read_metrics` gives them), built when
-    asked for, and its columns (:meth:`column`), each parsed once, when first asked for."""
+    """A metrics history by column: its rows are dicts (``header`` order; a repeated name
+    holds its last column, as a dict built from a csv row does), built when asked for.
 
-    def __init__(self, header: list[str], *, cells: list[tuple[str, ...]] | None = None,
-                 rows: list[dict] | None = None) -> None:
+    ``columns`` are the values of each header position (a shared tuple may be the column of
+    many tables: the batched engine's jobs share their rounds, counters and wall times); a
+    table read from ``metrics.csv`` parses each column when first asked for.
+    """
+
+    def __init__(self, header: Sequence[str], columns: Sequence[Sequence | None],
+                 length: int) -> None:
         self.header = list(header)
-        self._cells = cells  # the text of each column, by position
-        self._parsed: dict[int, list] = {}
-        self._rows = rows
-        self._length = len(rows) if rows is not None else len(cells[0]) if cells else 0
-        # a name's column is its last position (what a row's dict holds for a repeated name)
-        self._position = {name: i for i, name in enumerate(self.header)}
+        self._columns = list(columns)
+        self._length = length
+        self._cells: list[tuple[str, ...]] | None = None  # unparsed text, by position
+        self._rows: list[dict] | None = None
+        self._position = {name: i for i, name in enumerate(self.header)}  # the last one
 
-    def column(self, name: str) -> list:
-        """The values of column ``name`` (None for an empty cell, or for every row if the
-        file has no such column)."""
+    @classmethod
+    def of_rows(cls, header: Sequence[str], rows: list[dict]) -> MetricsTable:
+        """A table of rows that are not columns (a file with short or long rows)."""
+        table = cls(header, [], len(rows))
+        table._rows = rows
+        return table
+
+    def column(self, name: str) -> Sequence:
+        """The values of column ``name`` (None for an empty cell, or for every row if there
+        is no such column)."""
         if self._rows is not None:
             return [row.get(name) for row in self._rows]
         position = self._position.get(name)
@@ -166,20 +205,32 @@ class MetricsTable(Sequence):
             return [None] * self._length
         return self._values(position)
 
-    def _values(self, position: int) -> list:
-        if position not in self._parsed:
-            self._parsed[position] = _parse_column(self._cells[position])
-        return self._parsed[position]
+    def _values(self, position: int) -> Sequence:
+        if self._columns[position] is None:
+            self._columns[position] = _parse_column(self._cells[position])
+        return self._columns[position]
 
     def __len__(self) -> int:
         return self._length
 
+    def __iter__(self) -> Iterator[dict]:
+        if self._rows is not None:
+            yield from self._rows
+            return
+        columns = [self._values(i) for i in range(len(self.header))]
+        for values in zip(*columns, strict=True):
+            yield dict(zip(self.header, values, strict=True))
+
     def __getitem__(self, index):
-        if self._rows is None:  # every row at once: as read_metrics built them
-            columns = [self._values(i) for i in range(len(self.header))]
-            self._rows = [dict(zip(self.header, values, strict=True))
-                          for values in zip(*columns, strict=True)]
-        return self._rows[index]
+        if self._rows is not None:
+            return self._rows[index]
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(self._length))]
+        if index < 0:
+            index += self._length
+        if not 0 <= index < self._length:
+            raise IndexError("metrics row index out of range")
+        return {name: self._values(i)[index] for i, name in enumerate(self.header)}
 
     def __eq__(self, other: object) -> bool:
         if isinstance(other, Sequence) and not isinstance(other, str):
@@ -187,6 +238,13 @@ class MetricsTable(Sequence):
         return NotImplemented
 
     __hash__ = None  # type: ignore[assignment] - equal to lists, so not hashable
+
+
+def history_column(history: Sequence[dict], name: str) -> Sequence:
+    """The values of ``name`` in each row of a history (None where a row has none)."""
+    if isinstance(history, MetricsTable):
+        return history.column(name)
+    return [row.get(name) for row in history]
 
 
 #: A cell with one of these characters is never an int (0.25, 1e-05, nan, inf): _parse_cell.

@@ -238,6 +238,33 @@ def test_shipped_woo_experiments_default_to_batched_and_equal_inprocess(tmp_path
     assert np.array_equal(fast.q_table, ref.q_table)
 
 
+def test_batched_histories_are_the_rows_a_round_by_round_engine_records():
+    """batched._Rounds: each job's history (a table sharing the group's columns) has the rows
+    {**shared, **errors, "wall_s": wall} in that key order; rounds whose keys differ give
+    those rows as a list of dicts."""
+    from flower_qlearn.batched import _Rounds
+    from flower_qlearn.outputs import MetricsTable
+
+    def expected(rounds, job):
+        return [{**shared, **errors[job], "wall_s": wall} for shared, errors, wall in rounds]
+
+    same = [({"round": r, "samples_per_agent": 50 * r, "accepted": 4, "gamma": 0.9 + r},
+             [{"q_error": r / (j + 1), "normalized_q_error": r / (j + 2)} for j in range(3)],
+             0.25 * r) for r in range(1, 6)]
+    varying = [*same[:2], ({"round": 3, "accepted": 4}, same[2][1], 1.0)]
+    for rounds, kind in ((same, MetricsTable), (varying, list)):
+        log = _Rounds()
+        for shared, errors, wall in rounds:
+            log.add(shared, errors, wall)
+        for job in range(3):
+            history = log.history(job)
+            assert isinstance(history, kind)
+            assert [list(r.items()) for r in history] == [
+                list(r.items()) for r in expected(rounds, job)]
+            assert list(history[-1].items()) == list(expected(rounds, job)[-1].items())
+    assert _Rounds().history(0) == []
+
+
 def test_a_copier_copy_is_what_deepcopy_gives():
     """The launcher copies each group set's composition by pickle (``sweep_compose.copier``):
     every key, value, interpolation and flag as ``copy.deepcopy`` gives them, the hydra node

@@ -238,6 +238,36 @@ def test_a_metrics_table_is_read_metrics_rows_and_columns(tmp_path):
             assert table == rows
 
 
+def test_metrics_text_of_a_table_is_that_of_its_rows():
+    """A MetricsTable (the batched engine's histories: shared tuple columns, own lists) gives
+    the metrics.csv text of its rows, converted once for a shared column; its rows, row
+    access and history_column are those of the row dicts."""
+    from flower_qlearn.outputs import MetricsTable, history_column, metrics_text
+
+    n = 25
+    rounds, walls = tuple(range(1, n + 1)), tuple(0.5 + r / 3 for r in range(n))
+    counts = (20,) * n
+    tables = []
+    for job in range(3):
+        errors = [float("nan") if r == 3 else (r + job) / 7 for r in range(n)]
+        extra = [None if r % 4 else r for r in range(n)]
+        tables.append(MetricsTable(
+            ["round", "accepted", "zeta", "q_error", "wall_s"],
+            [rounds, counts, extra, errors, walls], n))
+    tables.append(MetricsTable(["round", "q_error"], [(), []], 0))
+    for table in tables:
+        rows = list(table)
+        assert metrics_text(table) == metrics_text(rows)
+        assert repr(table[2:5]) == repr(rows[2:5]) and len(table) == len(rows)
+        if rows:
+            assert repr(table[-1]) == repr(rows[-1]) and list(table[0]) == list(rows[0])
+        for name in ("round", "zeta", "q_error", "absent"):
+            assert repr(list(history_column(table, name))) == repr(
+                history_column(rows, name)) == repr([r.get(name) for r in rows])
+    with pytest.raises(IndexError):
+        tables[0][n]
+
+
 def test_write_metrics_writes_what_csv_dictwriter_writes(tmp_path):
     """DESIGN.md columns first, extras sorted after; None and a missing key are empty cells."""
     from flower_qlearn.outputs import METRIC_COLUMNS, read_metrics, write_metrics
