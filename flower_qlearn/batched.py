@@ -146,9 +146,20 @@ class _Tables:
 
     rows: list[np.ndarray] = field(default_factory=list)
     _by_key: dict[tuple, list[int]] = field(default_factory=dict)
+    # id(array given) -> (that array, its row): agents share their tables' objects (cached
+    # environments and policies), so most lookups need no hashing or comparison
+    _by_id: dict[int, tuple[np.ndarray, int]] = field(default_factory=dict)
 
     def index(self, array: np.ndarray) -> int:
-        array = np.ascontiguousarray(array)
+        seen = self._by_id.get(id(array))
+        if seen is not None and seen[0] is array:
+            return seen[1]
+        given, array = array, np.ascontiguousarray(array)
+        row = self._row(array)
+        self._by_id[id(given)] = (given, row)
+        return row
+
+    def _row(self, array: np.ndarray) -> int:
         key = (array.shape, array.dtype.str, hash(array.tobytes()))
         for i in self._by_key.get(key, []):
             if np.array_equal(self.rows[i], array):

@@ -238,6 +238,27 @@ def test_shipped_woo_experiments_default_to_batched_and_equal_inprocess(tmp_path
     assert np.array_equal(fast.q_table, ref.q_table)
 
 
+def test_table_dedup_gives_each_distinct_array_one_row():
+    """batched._Tables (identity first, then content): the rows are the distinct arrays in
+    order of first appearance, each array's index that of its equal row, as a plain
+    search by value gives them; a shared object and an equal copy get the same row."""
+    from flower_qlearn.batched import _Tables
+
+    rng = np.random.default_rng(3)
+    base = [rng.random((2, 3)) for _ in range(4)]
+    arrays = [base[0], base[1], base[0], base[0].copy(), base[2], np.asfortranarray(base[1]),
+              base[3], base[2], base[3].copy()]
+    tables = _Tables()
+    got = [tables.index(a) for a in arrays]
+    unique: list[np.ndarray] = []
+    for a in arrays:
+        if not any(np.array_equal(u, a) for u in unique):
+            unique.append(a)
+    assert got == [next(i for i, u in enumerate(unique) if np.array_equal(u, a))
+                   for a in arrays]
+    assert np.array_equal(tables.stacked("test"), np.stack(unique))
+
+
 def test_batched_histories_are_the_rows_a_round_by_round_engine_records():
     """batched._Rounds: each job's history (a table sharing the group's columns) has the rows
     {**shared, **errors, "wall_s": wall} in that key order; rounds whose keys differ give
