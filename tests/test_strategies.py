@@ -513,3 +513,18 @@ def test_configure_train_waits_for_the_expected_nodes():
         strategy = EqualAveraging(2, 2, min_available_nodes=3, wait_timeout=0.1)
         assert strategy.configure_train(1, ArrayRecord({"q": Array(np.zeros((2, 2)))}),
                                         ConfigRecord({}), grid) == []
+
+
+def test_load_all_imports_every_module_of_the_package():
+    """registry.load_all (its module list read once per process) imports each module that
+    pkgutil lists in the strategies package."""
+    import pkgutil
+    import sys
+
+    from flower_qlearn.strategies import registry
+
+    registry.load_all()
+    package = sys.modules[registry.__name__.rpartition(".")[0]]
+    listed = [f"{package.__name__}.{m.name}" for m in pkgutil.iter_modules(package.__path__)]
+    assert list(registry._package_modules()) == listed and len(listed) > 5
+    assert all(name in sys.modules for name in listed)
