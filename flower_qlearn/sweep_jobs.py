@@ -33,7 +33,7 @@ class Job:
 
     path: Path
     overrides: dict[str, str] | None  # key -> value as typed; None: not a Hydra job
-    config: dict
+    config: Mapping  # the composed config (read from .hydra/config.yaml when first used)
     rows: Sequence[dict]  # a list of dicts, or the MetricsTable load_job reads
 
     def column(self, name: str) -> np.ndarray:
@@ -82,12 +82,39 @@ def load_job(run_dir: str | Path) -> Job:
     if (hydra_dir / "overrides.yaml").is_file():
         lines = safe_load((hydra_dir / "overrides.yaml").read_text()) or []
         overrides = _parse_overrides(lines)
-    config: dict = {}
+    config: Mapping = {}
     if (hydra_dir / "config.yaml").is_file():
-        config = safe_load((hydra_dir / "config.yaml").read_text()) or {}
+        config = _ConfigFile(hydra_dir / "config.yaml")
     elif (run_dir / SUMMARY_FILE).is_file():
         config = json.loads((run_dir / SUMMARY_FILE).read_text()).get("config", {})
     return Job(run_dir, overrides, config, read_metrics_table(run_dir / METRICS_FILE))
+
+
+class _ConfigFile(Mapping):
+    """A job's ``.hydra/config.yaml`` as a mapping, read when first looked into: grouping a
+    sweep's Hydra jobs reads their overrides, and only the first job's config (its
+    ``plot:`` section)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._data: dict | None = None
+
+    def _content(self) -> dict:
+        if self._data is None:
+            self._data = safe_load(self.path.read_text()) or {}
+        return self._data
+
+    def __getitem__(self, key):
+        return self._content()[key]
+
+    def __iter__(self):
+        return iter(self._content())
+
+    def __len__(self) -> int:
+        return len(self._content())
+
+    def __repr__(self) -> str:
+        return repr(self._content())
 
 
 def load_jobs(root: str | Path) -> list[Job]:

@@ -99,6 +99,11 @@ def test_grouping_picks_the_varying_override(multirun):
     groups = sweeps.group_jobs(jobs, ["strategy"])
     assert list(groups) == [("equal",), ("importance",)]
     assert [len(g) for g in groups.values()] == [SEEDS, SEEDS]
+    # a job's config (read when first used) is its .hydra/config.yaml
+    for job in jobs:
+        expected = yaml.safe_load((job.path / ".hydra" / "config.yaml").read_text())
+        assert dict(job.config) == expected and job.config == expected
+        assert job.config.get("seed") == expected["seed"] and "strategy" in job.config
 
 
 def test_aggregate_equals_hand_computation(multirun):
