@@ -318,6 +318,49 @@ def test_a_copier_copy_is_what_deepcopy_gives():
     assert OmegaConf.is_struct(task_config(cfg)) == OmegaConf.is_struct(cfg)
 
 
+def test_the_sweep_composer_gives_hydras_job_configs_and_their_changed_paths():
+    """sweep_compose.SweepComposer against Hydra's own load_sweep_config: each job's whole
+    config (hydra node included) is Hydra's; and two jobs of one group set differ only at the
+    paths changes() reports (what SectionTexts reuses the other sections on)."""
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.types import RunMode
+    from omegaconf import OmegaConf
+
+    from flower_qlearn.launcher import without_job_figures
+    from flower_qlearn.sweep_compose import SweepComposer
+
+    def leaves(node, path=""):
+        if isinstance(node, dict):
+            for key, value in node.items():
+                yield from leaves(value, f"{path}.{key}" if path else key)
+        else:
+            yield path, node
+
+    with initialize_config_dir(str(fq_config.config_dir()), version_base=None):
+        loader = GlobalHydra.instance().config_loader()
+        master = loader.load_configuration(
+            "config", ["+experiment=woo_heterogeneity", "hydra.sweep.dir=/tmp/x", "num_rounds=5"],
+            RunMode.MULTIRUN)
+        composer = SweepComposer(loader, master, without_job_figures)
+        jobs = [[f"strategy={st}", f"client.behavior={be}", f"seed={seed}"]
+                for st in ("equal", "importance") for be in ("disjoint", "uniform")
+                for seed in (0, 7)]
+        configs = [composer.load(job) for job in jobs]
+        for job, cfg in zip(jobs, configs, strict=True):
+            expected = loader.load_sweep_config(master, without_job_figures(job))
+            assert OmegaConf.to_container(cfg) == OmegaConf.to_container(expected), job
+    assert composer.enabled
+    for first, second in ((0, 1), (0, 3), (4, 7)):  # same group set (strategy), other values
+        (group, paths), (group_2, paths_2) = (composer.changes(configs[i]) for i in (first, second))
+        assert group == group_2 and paths == paths_2
+        a, b = (dict(leaves(OmegaConf.to_container(configs[i]))) for i in (first, second))
+        differing = {key for key in a if a[key] != b[key]}
+        assert differing and all(any(key == p or key.startswith(p + ".") for p in paths)
+                                 for key in differing), differing
+    assert composer.changes(OmegaConf.create({})) is None
+
+
 def test_section_texts_are_the_whole_configs_yaml(monkeypatch):
     """yaml_text.SectionTexts (the batched launcher's .hydra files: each section shared by the
     jobs of a group set emitted once) against config_yaml of each whole config, for copies of
