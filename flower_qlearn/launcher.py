@@ -184,7 +184,7 @@ class BatchedLauncher(Launcher):
             texts = [config_yaml(task_cfg), config_yaml(hydra_node)]
         else:
             group_set, paths = changes
-            paths += _PER_JOB_HYDRA
+            paths += _SET_BY_LAUNCH
             hydra = [p for p in paths if p.split(".", 1)[0] == "hydra"]
             task = [p for p in paths if p.split(".", 1)[0] != "hydra"]
             texts = [self.yaml_texts.text(task_cfg, ("config.yaml", group_set), task),
@@ -196,7 +196,7 @@ class BatchedLauncher(Launcher):
 
 
 #: The entries of a job's hydra node :meth:`BatchedLauncher.launch` sets.
-_PER_JOB_HYDRA = ["hydra.job.id", "hydra.job.num", "hydra.runtime.output_dir"]
+_SET_BY_LAUNCH = ["hydra.job.id", "hydra.job.num", "hydra.runtime.output_dir"]
 
 
 def _job_dir(sweep_config: DictConfig) -> str:
