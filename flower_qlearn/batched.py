@@ -86,7 +86,7 @@ class BatchJob:
 
     settings: dict
     output_dir: Path
-    history: list[dict] = field(default_factory=list)
+    history: Sequence[dict] = field(default_factory=list)  # rows (a MetricsTable once run)
     q_final: np.ndarray | None = None
     wall_s: float = 0.0
     setup: tuple | None = None  # its group's (mdp, plan, evaluator, q0): the same for all
@@ -146,9 +146,20 @@ class _Tables:
 
     rows: list[np.ndarray] = field(default_factory=list)
     _by_key: dict[tuple, list[int]] = field(default_factory=dict)
+    # id(array given) -> (that array, its row): agents share their tables' objects (cached
+    # environments and policies), so most lookups need no hashing or comparison
+    _by_id: dict[int, tuple[np.ndarray, int]] = field(default_factory=dict)
 
     def index(self, array: np.ndarray) -> int:
-        array = np.ascontiguousarray(array)
+        seen = self._by_id.get(id(array))
+        if seen is not None and seen[0] is array:
+            return seen[1]
+        given, array = array, np.ascontiguousarray(array)
+        row = self._row(array)
+        self._by_id[id(given)] = (given, row)
+        return row
+
+    def _row(self, array: np.ndarray) -> int:
         key = (array.shape, array.dtype.str, hash(array.tobytes()))
         for i in self._by_key.get(key, []):
             if np.array_equal(self.rows[i], array):
@@ -240,7 +251,8 @@ def _run_group(jobs: Sequence[BatchJob]) -> None:
     # What a reply carries: the q_learning task sends q and counts, average_reward q alone.
     reply_kinds = ["float"] if strategy.task == AVERAGE_REWARD_TASK else ["float", "count"]
     up, down = _reply_bytes((num_states, num_actions), reply_kinds)
-    samples = [0.0] * num_jobs
+    samples = 0.0  # per agent, the same in every job
+    rounds = _Rounds()
     log.info("flower-qlearn: engine=batched, %d jobs of %s on %s (%dx%d), %d clients, %d rounds",
              num_jobs, s["strategy"]["name"], mdp.name, num_states, num_actions, num_agents,
              plan.num_rounds)
@@ -264,30 +276,72 @@ def _run_group(jobs: Sequence[BatchJob]) -> None:
         q_global = np.ascontiguousarray(strategy.aggregate(updates), dtype=np.float64)
         q_global = q_global.reshape(num_jobs, num_states, num_actions)
         errors = evaluator.many(q_global)
-        wall = time.perf_counter() - start
-        for j, job in enumerate(jobs):
-            samples[j] += float(done_steps)
-            done = samples[j]
-            row = {
-                "round": server_round,
-                "samples_per_agent": int(done) if done.is_integer() else done,
-                "accepted": num_agents,
-                "rejected": 0,
-                "missing": 0,
-                "bytes_up": num_agents * up,
-                "bytes_down": num_agents * down,
-                "kept_previous": 0,
-                **extra,
-            }
-            row.update(errors[j])
-            row["wall_s"] = wall
-            job.history.append(row)
+        samples += float(done_steps)
+        shared = {
+            "round": server_round,
+            "samples_per_agent": int(samples) if samples.is_integer() else samples,
+            "accepted": num_agents,
+            "rejected": 0,
+            "missing": 0,
+            "bytes_up": num_agents * up,
+            "bytes_down": num_agents * down,
+            "kept_previous": 0,
+            **extra,
+        }
+        rounds.add(shared, errors, time.perf_counter() - start)
         _progress(server_round, plan.num_rounds, s, start, num_jobs)
     wall = time.perf_counter() - start
     for j, job in enumerate(jobs):
+        job.history = rounds.history(j)
         job.q_final = q_global[j].copy()
         job.wall_s = wall
         job.setup = (mdp, plan, evaluator, q0)
+
+
+class _Rounds:
+    """The metrics rows of a group's jobs, by column: what every job's round ``r`` shares (its
+    round, samples, counters, the strategy's extras, its wall time) stored once, and each
+    job's errors. A job's history is a :class:`~flower_qlearn.outputs.MetricsTable` whose
+    rows are the dicts the row-by-row engines record (``{**shared, **errors, "wall_s"}``);
+    its shared columns are the same tuples in every job's table, so ``metrics.csv``
+    converts them once for the group (:func:`~flower_qlearn.outputs.metrics_text`)."""
+
+    def __init__(self) -> None:
+        self.shared: list[dict] = []
+        self.errors: list[list[dict]] = []  # per round, per job
+        self.walls: list[float] = []
+        self._columns: tuple[list[str], list[tuple], tuple] | None = None
+
+    def add(self, shared: dict, errors: list[dict], wall: float) -> None:
+        self.shared.append(shared)
+        self.errors.append(errors)
+        self.walls.append(wall)
+
+    def history(self, job: int) -> Sequence[dict]:
+        """Job ``job``'s rows: a table of columns, or the list of row dicts if the rounds do
+        not all have the same keys (a table's rows all have its header's)."""
+        from .outputs import MetricsTable
+
+        errors = [per_job[job] for per_job in self.errors]
+        keys = list(errors[0]) if errors else []
+        shared = self._shared_columns()
+        if shared is None or any(list(e) != keys for e in errors) or (
+                set(keys) & {*shared[0], "wall_s"}):
+            return [{**row, **e, "wall_s": wall}
+                    for row, e, wall in zip(self.shared, errors, self.walls, strict=True)]
+        names, columns, walls = shared
+        own = [[e[key] for e in errors] for key in keys]
+        return MetricsTable([*names, *keys, "wall_s"], [*columns, *own, walls], len(errors))
+
+    def _shared_columns(self) -> tuple[list[str], list[tuple], tuple] | None:
+        """The shared keys, their columns and the wall times (tuples), or None if there are
+        no rounds or their shared keys differ."""
+        if self._columns is None and self.shared:
+            names = list(self.shared[0])
+            if all(list(row) == names for row in self.shared) and "wall_s" not in names:
+                self._columns = (names, [tuple(row[n] for row in self.shared) for n in names],
+                                 tuple(self.walls))
+        return self._columns
 
 
 def _checked(array: np.ndarray, spec: Any, value_bound: float | None, server_round: int):

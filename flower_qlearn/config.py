@@ -286,18 +286,27 @@ INPUT_RULES: tuple[Rule, ...] = (
 
 
 def all_rules() -> list[Rule]:
-    """Every rule a composed config must satisfy."""
+    """Every rule a composed config must satisfy (built once per set of registered strategies:
+    a sweep validates every job)."""
     registry.load_all()
-    strategy_names = tuple(registry.STRATEGIES)
-    return [
-        Rule("strategy.name", one_of(strategy_names), options(strategy_names)),
-        *schema.TASK_RULES,
-        *RUN_RULES,
-        *INPUT_RULES,
-        *batched.RULES,
-        *delays.RULES,
-        *registry.strategy_rules(),
-    ]
+    key = tuple((name, id(spec)) for name, spec in registry.STRATEGIES.items())
+    if _RULES.get("key") != key:
+        strategy_names = tuple(registry.STRATEGIES)
+        _RULES["key"] = key
+        _RULES["specs"] = tuple(registry.STRATEGIES.values())  # alive: their ids stay theirs
+        _RULES["rules"] = (
+            Rule("strategy.name", one_of(strategy_names), options(strategy_names)),
+            *schema.TASK_RULES,
+            *RUN_RULES,
+            *INPUT_RULES,
+            *batched.RULES,
+            *delays.RULES,
+            *registry.strategy_rules(),
+        )
+    return list(_RULES["rules"])
+
+
+_RULES: dict[str, tuple] = {}  # "key": the registry's (name, id(spec)); "rules": theirs
 
 
 def validate(cfg: DictConfig | Mapping) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -215,7 +215,7 @@ def write_outputs(
     plan: registry.Plan,
     evaluator: Evaluator,
     q0: np.ndarray,
-    history: list[dict],
+    history: Sequence[dict],
     q_final: np.ndarray,
     wall: float,
     engine: str | None = None,
@@ -238,7 +238,7 @@ def write_outputs(
         "initial": evaluator(q0),
         "final": {k: outputs.jsonable(v) for k, v in history[-1].items()} if history else {},
         "ground_truth": evaluator.truth(),
-        "rejected_total": int(sum(r.get("rejected", 0) or 0 for r in history)),
+        "rejected_total": int(sum(v or 0 for v in outputs.history_column(history, "rejected"))),
         "resumed_from": str(settings["resume"]) if settings.get("resume") else None,
         "wall_s": wall,
         "config": settings,

@@ -32,7 +32,7 @@ import contextlib
 import logging
 import os
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
@@ -50,6 +50,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from .batched import BatchJob
 from .sweep_compose import SweepComposer, task_config
+from .yaml_text import SectionTexts, config_yaml
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +75,7 @@ class BatchedLauncher(Launcher):
         self.task_function = task_function
         self.composer = SweepComposer(hydra_context.config_loader, config, without_job_figures)
         self.composer.install()  # the sweeper's validation composes the jobs for us
+        self.yaml_texts = SectionTexts()  # the .hydra files' sections shared by the jobs
 
     def launch(
         self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int
@@ -146,11 +148,7 @@ class BatchedLauncher(Launcher):
                 sys.exit(2)
             subdir = sweep_config.hydra.output_subdir
             if subdir is not None:
-                _save_yaml(job_dir / str(subdir), {
-                    "config.yaml": task_cfg,
-                    "hydra.yaml": {"hydra": sweep_config.hydra},
-                    "overrides.yaml": sweep_config.hydra.overrides.task,
-                })
+                self._save_hydra_files(job_dir / str(subdir), sweep_config, task_cfg)
             handler = job_log_handler(job_dir)
             root = logging.getLogger()
             root.addHandler(handler)
@@ -171,14 +169,34 @@ class BatchedLauncher(Launcher):
         return ret
 
 
-def _save_yaml(directory: Path, files: Mapping[str, object]) -> None:
-    """Hydra's ``_save_config`` for each file (``OmegaConf.to_yaml`` of the node), faster:
-    :func:`~flower_qlearn.yaml_text.config_yaml`."""
-    from .yaml_text import config_yaml
+    def _save_hydra_files(self, directory: Path, sweep_config: DictConfig, task_cfg: DictConfig
+                          ) -> None:
+        """Hydra's ``_save_config`` of ``config.yaml``, ``hydra.yaml`` and ``overrides.yaml``
+        (``OmegaConf.to_yaml`` of each node), faster: on libyaml's emitter
+        (:func:`~flower_qlearn.yaml_text.config_yaml`) and, for a job the composer made from
+        its group set's composition, with the text of every section the job shares with the
+        other jobs of its group set emitted once (:class:`~flower_qlearn.yaml_text.
+        SectionTexts`)."""
+        directory.mkdir(parents=True, exist_ok=True)
+        hydra_node = {"hydra": sweep_config.hydra}
+        changes = self.composer.changes(sweep_config)
+        if changes is None:
+            texts = [config_yaml(task_cfg), config_yaml(hydra_node)]
+        else:
+            group_set, paths = changes
+            paths += _SET_BY_LAUNCH
+            hydra = [p for p in paths if p.split(".", 1)[0] == "hydra"]
+            task = [p for p in paths if p.split(".", 1)[0] != "hydra"]
+            texts = [self.yaml_texts.text(task_cfg, ("config.yaml", group_set), task),
+                     self.yaml_texts.text(hydra_node, ("hydra.yaml", group_set), hydra)]
+        texts.append(config_yaml(sweep_config.hydra.overrides.task))
+        for name, text in zip(("config.yaml", "hydra.yaml", "overrides.yaml"), texts,
+                              strict=True):
+            (directory / name).write_text(text, encoding="utf-8")
 
-    directory.mkdir(parents=True, exist_ok=True)
-    for name, node in files.items():
-        (directory / name).write_text(config_yaml(node), encoding="utf-8")
+
+#: The entries of a job's hydra node :meth:`BatchedLauncher.launch` sets.
+_SET_BY_LAUNCH = ["hydra.job.id", "hydra.job.num", "hydra.runtime.output_dir"]
 
 
 def _job_dir(sweep_config: DictConfig) -> str:

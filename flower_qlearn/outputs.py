@@ -8,15 +8,16 @@ from __future__ import annotations
 
 import csv
 import datetime as _dt
+import io
+import itertools
 import json
 import math
-import operator
 import os
 import re
 import socket
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,22 +50,85 @@ METRIC_COLUMNS = (
 )
 
 
-def write_metrics(path: Path, history: list[dict]) -> None:
+def write_metrics(path: Path, history: Sequence[dict]) -> None:
     """Write ``metrics.csv`` atomically: DESIGN.md columns first, extras after; empty cell =
-    not applicable."""
+    not applicable. The bytes are ``csv.writer``'s (:func:`metrics_text`)."""
     path = Path(path)
-    extras = sorted({k for row in history for k in row} - set(METRIC_COLUMNS))
-    columns = list(METRIC_COLUMNS) + extras
-    try:  # every row has every column (None: csv writes an empty cell): one C-level pass
-        lines = list(map(operator.itemgetter(*columns), history))
-    except KeyError:
-        lines = [[row.get(c) for c in columns] for row in history]
     tmp = path.with_suffix(".csv.tmp")
     with tmp.open("w", newline="") as fh:
+        fh.write(metrics_text(history))
+    tmp.replace(path)
+
+
+def metrics_text(history: Sequence[dict]) -> str:
+    """The text of ``metrics.csv``: what ``csv.writer`` writes for the header and the rows
+    (a missing key or None is an empty cell), built column by column.
+
+    A column of ints, floats and Nones (every column a run writes) is converted by one ``map``
+    of ``str`` or ``repr`` (what ``csv.writer`` calls on an int or a float), its Nones as
+    empty cells; the rows are then joined without ``csv``'s per-cell quoting checks, which
+    such cells never need. Any other column (strings, ...), or a header that would need
+    quoting, goes through ``csv.writer`` itself. A :class:`MetricsTable` is read by column,
+    and a column it shares with other tables (a tuple: the batched engine's rounds, wall
+    times and counters, the same for all jobs of a group) is converted once."""
+    table = history if isinstance(history, MetricsTable) else None
+    keys: set[str] = set()
+    if table is not None:
+        keys.update(table.header if len(table) else ())
+    else:
+        for row in history:
+            keys.update(row)
+    columns = list(METRIC_COLUMNS) + sorted(keys - set(METRIC_COLUMNS))
+    if table is not None:
+        cells = [_column_cells(table.column(c)) for c in columns]
+    else:
+        cells = [_number_cells(list(map(dict.get, history, itertools.repeat(c))))
+                 for c in columns]
+    if any(cell is None for cell in cells) or not all(map(_PLAIN_NAME, columns)):
+        fh = io.StringIO(newline="")
         writer = csv.writer(fh)
         writer.writerow(columns)
-        writer.writerows(lines)
-    tmp.replace(path)
+        writer.writerows([[row.get(c) for c in columns] for row in history])
+        return fh.getvalue()
+    lines = [",".join(columns), *map(",".join, zip(*cells, strict=True))]
+    return "\r\n".join(lines) + "\r\n"  # csv.writer's line terminator
+
+
+#: id(tuple column) -> (that column, its cells): a column shared by many tables, converted once.
+_SHARED_CELLS: dict[int, tuple[tuple, list[str] | None]] = {}
+
+
+def _column_cells(values: Sequence) -> list[str] | None:
+    """:func:`_number_cells` of a table's column, remembered for a (shared, immutable) tuple."""
+    if type(values) is not tuple:
+        return _number_cells(list(values))
+    hit = _SHARED_CELLS.get(id(values))
+    if hit is None or hit[0] is not values:
+        if len(_SHARED_CELLS) >= 256:
+            _SHARED_CELLS.clear()
+        hit = (values, _number_cells(list(values)))
+        _SHARED_CELLS[id(values)] = hit
+    return hit[1]
+
+
+#: A header cell ``csv.writer`` writes as it is (no quoting): no delimiter, quote or newline.
+_PLAIN_NAME = re.compile(r'[^,"\r\n]*\Z').match
+_NONE = type(None)
+
+
+def _number_cells(values: list) -> list[str] | None:
+    """``csv.writer``'s cells of a column of ints, floats and Nones (``str`` of an int, ``repr``
+    of a float, ``""`` for None); None for a column of anything else."""
+    kinds = set(map(type, values))
+    if kinds <= {int}:
+        return list(map(str, values))
+    if kinds <= {float}:
+        return list(map(repr, values))
+    if kinds <= {_NONE}:
+        return [""] * len(values)
+    if kinds <= {int, float, _NONE}:
+        return ["" if v is None else repr(v) if type(v) is float else str(v) for v in values]
+    return None
 
 
 def _parse_cell(text: str | None) -> int | float | None:
@@ -86,17 +150,101 @@ def read_metrics(path: Path) -> list[dict]:
     cells are all ints or all floats is converted by one ``map``; any other column, or a file
     with a short or long row, cell by cell.
     """
+    return list(read_metrics_table(path))
+
+
+def read_metrics_table(path: Path) -> MetricsTable:
+    """``metrics.csv`` as a :class:`MetricsTable`: the rows of :func:`read_metrics`, each
+    column parsed only when it is first asked for (a sweep's figures use a few of them)."""
     with Path(path).open(newline="") as fh:
         reader = csv.reader(fh)
         header = next(reader, None)
         if header is None:
-            return []
+            return MetricsTable.of_rows([], [])
         lines = [cells for cells in reader if cells]  # blank lines skipped, as DictReader does
     width = len(header)
     if any(len(cells) != width for cells in lines):
-        return [_parse_row(header, cells) for cells in lines]
-    columns = [_parse_column(cells) for cells in zip(*lines, strict=True)]
-    return [dict(zip(header, values, strict=True)) for values in zip(*columns, strict=True)]
+        return MetricsTable.of_rows(header, [_parse_row(header, cells) for cells in lines])
+    table = MetricsTable(header, [None] * width, len(lines))
+    table._cells = list(zip(*lines, strict=True)) if lines else [()] * width
+    return table
+
+
+class MetricsTable(Sequence):
+    """A metrics history by column: its rows are dicts (``header`` order; a repeated name
+    holds its last column, as a dict built from a csv row does), built when asked for.
+
+    ``columns`` are the values of each header position (a shared tuple may be the column of
+    many tables: the batched engine's jobs share their rounds, counters and wall times); a
+    table read from ``metrics.csv`` parses each column when first asked for.
+    """
+
+    def __init__(self, header: Sequence[str], columns: Sequence[Sequence | None],
+                 length: int) -> None:
+        self.header = list(header)
+        self._columns = list(columns)
+        self._length = length
+        self._cells: list[tuple[str, ...]] | None = None  # unparsed text, by position
+        self._rows: list[dict] | None = None
+        self._position = {name: i for i, name in enumerate(self.header)}  # the last one
+
+    @classmethod
+    def of_rows(cls, header: Sequence[str], rows: list[dict]) -> MetricsTable:
+        """A table of rows that are not columns (a file with short or long rows)."""
+        table = cls(header, [], len(rows))
+        table._rows = rows
+        return table
+
+    def column(self, name: str) -> Sequence:
+        """The values of column ``name`` (None for an empty cell, or for every row if there
+        is no such column)."""
+        if self._rows is not None:
+            return [row.get(name) for row in self._rows]
+        position = self._position.get(name)
+        if position is None:
+            return [None] * self._length
+        return self._values(position)
+
+    def _values(self, position: int) -> Sequence:
+        if self._columns[position] is None:
+            self._columns[position] = _parse_column(self._cells[position])
+        return self._columns[position]
+
+    def __len__(self) -> int:
+        return self._length
+
+    def __iter__(self) -> Iterator[dict]:
+        if self._rows is not None:
+            yield from self._rows
+            return
+        columns = [self._values(i) for i in range(len(self.header))]
+        for values in zip(*columns, strict=True):
+            yield dict(zip(self.header, values, strict=True))
+
+    def __getitem__(self, index):
+        if self._rows is not None:
+            return self._rows[index]
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(self._length))]
+        if index < 0:
+            index += self._length
+        if not 0 <= index < self._length:
+            raise IndexError("metrics row index out of range")
+        return {name: self._values(i)[index] for i, name in enumerate(self.header)}
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Sequence) and not isinstance(other, str):
+            return list(self) == list(other)
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment] - equal to lists, so not hashable
+
+
+def history_column(history: Sequence[dict], name: str) -> Sequence:
+    """The values of ``name`` in each row of a history (None where a row has none)."""
+    if isinstance(history, MetricsTable):
+        return history.column(name)
+    return [row.get(name) for row in history]
 
 
 #: A cell with one of these characters is never an int (0.25, 1e-05, nan, inf): _parse_cell.
@@ -265,8 +413,11 @@ def hold_output_dir(output_dir: str | Path) -> Iterator[Path]:
     started = _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
     record = {"pid": os.getpid(), "host": socket.gethostname(), "started": started,
               "command": [os.path.basename(sys.argv[0]), *sys.argv[1:]]}
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, json.dumps(record).encode(), 0)
+    data = json.dumps(record).encode()
+    # Written, then cut to its length (a record left by a dead run may be longer): truncating to
+    # zero first made ext4 (auto_da_alloc) flush the file when it was closed, ~3 ms a run.
+    os.pwrite(fd, data, 0)
+    os.ftruncate(fd, len(data))
     try:
         yield directory
     finally:

@@ -36,10 +36,14 @@ __all__ = [
     "alias_rows",
     "as_action_table",
     "as_next_state_table",
+    "cdf_index",
+    "draw_markov_step",
+    "draw_next_state",
     "inverse_cdf",
     "markov_step",
     "next_state",
     "next_state_table",
+    "rows_are_short",
 ]
 
 #: ``client.sampler`` options, in the order of their ``kind`` codes.
@@ -86,8 +90,17 @@ def inverse_cdf(cdf_row: np.ndarray, u: float) -> int:
     assumes ``cdf_row[-1] == 1.0 > u`` so the answer is always a valid index. Short rows count
     the entries ``<= u`` (on a sorted row that count is the answer); long rows bisect.
     """
+    return cdf_index(cdf_row, u, False)
+
+
+@njit(cache=True, inline="always")
+def cdf_index(cdf_row: np.ndarray, u: float, short_rows: bool) -> int:
+    """:func:`inverse_cdf`; ``short_rows`` True (a constant of a caller that checked
+    :func:`rows_are_short` once, outside its loop) counts without testing the row's length:
+    the same index, and a loop whose body the compiler does not have to keep both searches
+    in (the test inside a step loop cost ~10 % of the Markov kernels)."""
     n = cdf_row.shape[0]
-    if n <= _LINEAR_SEARCH_MAX:
+    if short_rows or n <= _LINEAR_SEARCH_MAX:
         count = 0
         for i in range(n):
             count += cdf_row[i] <= u
@@ -101,6 +114,13 @@ def inverse_cdf(cdf_row: np.ndarray, u: float) -> int:
         else:
             lo = mid + 1
     return lo
+
+
+@njit(cache=True, inline="always")
+def rows_are_short(pi_value: np.ndarray, p_value: np.ndarray) -> bool:
+    """Whether every row of an action table's and a next-state table's values is one
+    :func:`inverse_cdf` counts (at most ``_LINEAR_SEARCH_MAX`` entries)."""
+    return pi_value.shape[-1] <= _LINEAR_SEARCH_MAX and p_value.shape[-1] <= _LINEAR_SEARCH_MAX
 
 
 @njit(cache=True, inline="always")
@@ -122,8 +142,17 @@ def next_state(
     u: float,
 ) -> int:
     """One draw of ``s' ~ P(. | s, a)`` from a :class:`NextStateTable`'s fields."""
+    return draw_next_state(kind, False, p_next, p_value, p_alias, s, a, u)
+
+
+@njit(cache=True, inline="always")
+def draw_next_state(
+    kind: int, short_rows: bool, p_next: np.ndarray, p_value: np.ndarray, p_alias: np.ndarray,
+    s: int, a: int, u: float,
+) -> int:
+    """:func:`next_state`, with :func:`cdf_index`'s ``short_rows``."""
     if kind == SAMPLER_CDF:
-        k = inverse_cdf(p_value[s, a], u)
+        k = cdf_index(p_value[s, a], u, short_rows)
     else:
         k = alias_draw(p_value[s, a], p_alias[s, a], u)
     return p_next[s, a, k]
@@ -144,11 +173,31 @@ def markov_step(
     """One Markov-chain transition ``(a, s')`` from ``state``: ``a`` with ``u_action``, then
     ``s'`` with ``u_next``. The single definition shared by :class:`~flower_qlearn.sampling.
     MarkovChain` and the asynchronous kernels; both tables must have the same ``kind``."""
+    return draw_markov_step(kind, False, p_next, p_value, p_alias, pi_value, pi_alias, state,
+                            u_action, u_next)
+
+
+@njit(cache=True, inline="always")
+def draw_markov_step(
+    kind: int,
+    short_rows: bool,
+    p_next: np.ndarray,
+    p_value: np.ndarray,
+    p_alias: np.ndarray,
+    pi_value: np.ndarray,
+    pi_alias: np.ndarray,
+    state: int,
+    u_action: float,
+    u_next: float,
+):
+    """:func:`markov_step`, with :func:`cdf_index`'s ``short_rows`` (the asynchronous kernels
+    pass a constant, having checked :func:`rows_are_short` once)."""
     if kind == SAMPLER_CDF:
-        action = inverse_cdf(pi_value[state], u_action)
+        action = cdf_index(pi_value[state], u_action, short_rows)
     else:
         action = alias_draw(pi_value[state], pi_alias[state], u_action)
-    return action, next_state(kind, p_next, p_value, p_alias, state, action, u_next)
+    return action, draw_next_state(kind, short_rows, p_next, p_value, p_alias, state, action,
+                                   u_next)
 
 
 @njit(cache=True)

@@ -98,12 +98,19 @@ class SweepComposer:
         self.master = master_config
         self.enabled = True
         self._hydra_load = config_loader.load_sweep_config  # Hydra's own, kept if patched
-        # per set of group choices: (a copier of its composition, one of its task config)
-        self._bases: dict[tuple, tuple[Callable, Callable]] = {}
+        # per set of group choices: (a copier of its composition, one of its task config,
+        # what _apply reads of the composition: its hydra override lines, override_dirname's
+        # settings)
+        self._bases: dict[tuple, tuple[Callable, Callable, list, dict]] = {}
+        # whether a key names a config group: asked for every override of every job
+        self._is_group = functools.lru_cache(maxsize=None)(config_loader.repository.group_exists)
+        self._master_hydra: list | None = None  # the master's hydra override lines
         self._checked: set[tuple] = set()
         self._jobs: dict[tuple, DictConfig] = {}
         # id(job config) -> (that config, its group set's task-config copier, its overrides)
         self._task_values: dict[int, tuple[DictConfig, Callable, list]] = {}
+        # id(job config) -> (that config, its group set, the paths its copy of the set changed)
+        self._changes: dict[int, tuple[DictConfig, tuple, list[str]]] = {}
 
     def install(self) -> None:
         """Serve the loader's ``load_sweep_config`` from here while the sweep runs.
@@ -132,19 +139,21 @@ class SweepComposer:
         return self._jobs[job]
 
     def _compose(self, overrides: Sequence[str]) -> DictConfig:
-        split = split_overrides(overrides, self.loader.repository.group_exists) if self.enabled \
-            else None
+        split = split_overrides(overrides, self._is_group) if self.enabled else None
         if split is None:
             return self._hydra_load(self.master, list(overrides))
         groups, values, parsed = split
         key = tuple(groups)
         if key not in self._bases:
             base = self._hydra_load(self.master, groups)
-            self._bases[key] = (copier(base), copier(task_config(base)))
-        copy_base, copy_task = self._bases[key]
-        cfg = self._apply(copy_base, values, parsed)
+            dirname = OmegaConf.to_container(base.hydra.job.config.override_dirname, resolve=True)
+            self._bases[key] = (copier(base), copier(task_config(base)),
+                                OmegaConf.to_container(base.hydra.overrides.hydra), dirname)
+        copy_base, copy_task, base_hydra, dirname = self._bases[key]
+        cfg = self._apply(copy_base, base_hydra, dirname, values, parsed)
         if not any(ov.is_hydra_override() for ov in values):
             self._task_values[id(cfg)] = (cfg, copy_task, values)
+        self._changes[id(cfg)] = (cfg, key, [ov.key_or_group for ov in values] + _PER_JOB_HYDRA)
         if values and key not in self._checked:
             self._checked.add(key)
             slow = self._hydra_load(self.master, list(overrides))
@@ -154,6 +163,16 @@ class SweepComposer:
                 self.enabled = False
                 return slow
         return cfg
+
+    def changes(self, sweep_config: DictConfig) -> tuple[tuple, list[str]] | None:
+        """``(group set, paths)`` of a job config :meth:`load` gave from its group set's
+        composition: the config equals every other such job config of that group set except
+        at these dotted paths (its value overrides', and the hydra entries :meth:`_apply`
+        sets). None for a config composed otherwise."""
+        found = self._changes.get(id(sweep_config))
+        if found is None or found[0] is not sweep_config:
+            return None
+        return found[1], list(found[2])
 
     def task_config(self, sweep_config: DictConfig) -> DictConfig:
         """:func:`task_config` of a job config :meth:`load` gave, built from its group set's
@@ -169,25 +188,34 @@ class SweepComposer:
         ConfigLoaderImpl._apply_overrides_to_config(values, cfg)
         return cfg
 
-    def _apply(self, copy_base: Callable[[], DictConfig], values: list, parsed: list
-               ) -> DictConfig:
-        """A copy of the base config with the value overrides and the job's override lists."""
+    def _apply(self, copy_base: Callable[[], DictConfig], base_hydra: list, dirname: dict,
+               values: list, parsed: list) -> DictConfig:
+        """A copy of the base config with the value overrides and the job's override lists
+        (``base_hydra``: the base's hydra override lines, kept when the job's are the same;
+        ``dirname``: its ``hydra.job.config.override_dirname`` settings)."""
         from hydra._internal.config_loader_impl import ConfigLoaderImpl, get_overrides_dirname
 
         cfg = copy_base()
         ConfigLoaderImpl._apply_overrides_to_config(values, cfg)
-        master_hydra = OmegaConf.to_container(self.master.hydra.overrides.hydra)
+        if self._master_hydra is None:
+            self._master_hydra = OmegaConf.to_container(self.master.hydra.overrides.hydra)
+        hydra_lines = self._master_hydra + [
+            ov.input_line for ov in parsed if ov.is_hydra_override()]
         app = [ov for ov in parsed if not ov.is_hydra_override()]
-        with open_dict(cfg.hydra):
-            cfg.hydra.overrides.hydra = master_hydra + [
-                ov.input_line for ov in parsed if ov.is_hydra_override()]
-            cfg.hydra.overrides.task = [ov.input_line for ov in app]
-            dirname = cfg.hydra.job.config.override_dirname
-            cfg.hydra.job.override_dirname = get_overrides_dirname(
-                overrides=app, kv_sep=dirname.kv_sep, item_sep=dirname.item_sep,
-                exclude_keys=dirname.exclude_keys)
+        hydra = cfg.hydra
+        with open_dict(hydra):
+            if hydra_lines != base_hydra:
+                hydra.overrides.hydra = hydra_lines
+            hydra.overrides.task = [ov.input_line for ov in app]
+            hydra.job.override_dirname = get_overrides_dirname(
+                overrides=app, kv_sep=dirname["kv_sep"], item_sep=dirname["item_sep"],
+                exclude_keys=dirname["exclude_keys"])
         OmegaConf.copy_cache(from_config=self.master, to_config=cfg)
         return cfg
+
+
+#: The entries of the hydra node :meth:`SweepComposer._apply` sets for each job.
+_PER_JOB_HYDRA = ["hydra.overrides.hydra", "hydra.overrides.task", "hydra.job.override_dirname"]
 
 
 def _plain(cfg: DictConfig) -> dict:

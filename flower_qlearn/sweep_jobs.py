@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from .outputs import METRICS_FILE, SUMMARY_FILE, read_metrics
+from .outputs import METRICS_FILE, SUMMARY_FILE, MetricsTable, read_metrics_table
 from .yaml_text import safe_load
 
 #: Override keys that index replicates: averaged over, never a group.
@@ -33,11 +33,13 @@ class Job:
 
     path: Path
     overrides: dict[str, str] | None  # key -> value as typed; None: not a Hydra job
-    config: dict
-    rows: list[dict]
+    config: Mapping  # the composed config (read from .hydra/config.yaml when first used)
+    rows: Sequence[dict]  # a list of dicts, or the MetricsTable load_job reads
 
     def column(self, name: str) -> np.ndarray:
         """Column ``name`` of ``metrics.csv`` as float64; empty cells (not applicable) are NaN."""
+        if isinstance(self.rows, MetricsTable):  # parsed once, converted by numpy (None: NaN)
+            return np.array(self.rows.column(name), dtype=np.float64)
         return np.array(
             [np.nan if row.get(name) is None else float(row[name]) for row in self.rows]
         )
@@ -80,12 +82,39 @@ def load_job(run_dir: str | Path) -> Job:
     if (hydra_dir / "overrides.yaml").is_file():
         lines = safe_load((hydra_dir / "overrides.yaml").read_text()) or []
         overrides = _parse_overrides(lines)
-    config: dict = {}
+    config: Mapping = {}
     if (hydra_dir / "config.yaml").is_file():
-        config = safe_load((hydra_dir / "config.yaml").read_text()) or {}
+        config = _ConfigFile(hydra_dir / "config.yaml")
     elif (run_dir / SUMMARY_FILE).is_file():
         config = json.loads((run_dir / SUMMARY_FILE).read_text()).get("config", {})
-    return Job(run_dir, overrides, config, read_metrics(run_dir / METRICS_FILE))
+    return Job(run_dir, overrides, config, read_metrics_table(run_dir / METRICS_FILE))
+
+
+class _ConfigFile(Mapping):
+    """A job's ``.hydra/config.yaml`` as a mapping, read when first looked into: grouping a
+    sweep's Hydra jobs reads their overrides, and only the first job's config (its
+    ``plot:`` section)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._data: dict | None = None
+
+    def _content(self) -> dict:
+        if self._data is None:
+            self._data = safe_load(self.path.read_text()) or {}
+        return self._data
+
+    def __getitem__(self, key):
+        return self._content()[key]
+
+    def __iter__(self):
+        return iter(self._content())
+
+    def __len__(self) -> int:
+        return len(self._content())
+
+    def __repr__(self) -> str:
+        return repr(self._content())
 
 
 def load_jobs(root: str | Path) -> list[Job]:

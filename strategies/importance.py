@@ -53,8 +53,10 @@ def importance_weights(counts: np.ndarray, learning_rate: float) -> np.ndarray:
         Weights, shape ``(K, S, A)``, float64, summing to 1 over axis 0.
     """
     counts = np.asarray(counts)
-    # int64 so that unsigned counts cannot wrap around in the subtraction below.
-    counts = counts.astype(np.int64 if np.issubdtype(counts.dtype, np.integer) else np.float64)
+    # int64 so that unsigned counts cannot wrap around in the subtraction below (no copy of
+    # int64 counts: they are only read).
+    counts = counts.astype(np.int64 if np.issubdtype(counts.dtype, np.integer) else np.float64,
+                           copy=False)
     if counts.ndim != 3 or counts.shape[0] == 0:
         raise ValueError(f"counts must have shape (K>=1, S, A), got {counts.shape}")
     if np.any(counts < 0):
@@ -68,8 +70,11 @@ def importance_weights(counts: np.ndarray, learning_rate: float) -> np.ndarray:
         unnormalized = (excess == 0).astype(np.float64)
     else:
         log_ratio = -math.log1p(-learning_rate)  # -log(1 - lr) > 0, accurate for small lr
-        unnormalized = np.exp(excess.astype(np.float64) * log_ratio)
-    return unnormalized / unnormalized.sum(axis=0, keepdims=True)
+        unnormalized = excess.astype(np.float64)  # then in place: the same operations
+        unnormalized *= log_ratio
+        np.exp(unnormalized, out=unnormalized)
+    unnormalized /= unnormalized.sum(axis=0, keepdims=True)
+    return unnormalized
 
 
 def importance_average(tables: np.ndarray, counts: np.ndarray, learning_rate: float) -> np.ndarray:
@@ -95,7 +100,8 @@ def importance_average(tables: np.ndarray, counts: np.ndarray, learning_rate: fl
             f"tables and counts must have the same shape, got {tables.shape} and {np.shape(counts)}"
         )
     weights = importance_weights(counts, learning_rate)
-    return np.sum(weights * tables, axis=0)
+    weights *= tables  # in place (the weights are this call's own array)
+    return np.sum(weights, axis=0)
 
 
 class ImportanceAveraging(AdaptiveSync, AveragingStrategy):

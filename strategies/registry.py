@@ -12,6 +12,7 @@ one ``conf/strategy/*.yaml``.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import pkgutil
 from collections.abc import Callable, Mapping, MutableMapping
@@ -203,9 +204,17 @@ def register(spec: StrategySpec) -> StrategySpec:
 
 def load_all() -> None:
     """Import every module of this package, so that each strategy has registered itself."""
+    for name in _package_modules():
+        importlib.import_module(name)
+
+
+@functools.cache
+def _package_modules() -> tuple[str, ...]:
+    """This package's modules (listed once per process: validating a sweep's jobs called
+    :func:`load_all` for each)."""
     package = __name__.rpartition(".")[0]
-    for module in pkgutil.iter_modules(importlib.import_module(package).__path__):
-        importlib.import_module(f"{package}.{module.name}")
+    return tuple(f"{package}.{module.name}"
+                 for module in pkgutil.iter_modules(importlib.import_module(package).__path__))
 
 
 def strategy_rules() -> list[Rule]:

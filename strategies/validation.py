@@ -111,7 +111,9 @@ def _check_array(array: np.ndarray, spec: ArraySpec, value_bound: float | None) 
             raise InvalidReply(f"array {spec.name!r} has dtype {array.dtype}, expected float64")
         if not np.all(np.isfinite(array)):
             raise InvalidReply(f"array {spec.name!r} contains NaN or Inf")
-        if value_bound is not None and array.size and np.max(np.abs(array)) > value_bound:
+        # max |value| as max(max, -min) of the finite values: no |array| temporary
+        if value_bound is not None and array.size and max(
+                array.max(), -array.min()) > value_bound:
             raise InvalidReply(
                 f"array {spec.name!r} has |value| {np.max(np.abs(array)):.6g} > bound {value_bound}"
             )

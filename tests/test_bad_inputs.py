@@ -168,6 +168,30 @@ def test_every_key_of_the_conf_tree_has_a_rule():
                 fq_config.compose([f"{key}=not_a_number"])
 
 
+def test_the_rules_follow_the_registered_strategies():
+    """all_rules is built once per set of registered strategies: registering a strategy (or
+    another spec under a name) adds its rules, removing it drops them."""
+    import dataclasses
+
+    from flower_qlearn.strategies import registry
+
+    def fields():
+        return {r.field for r in fq_config.all_rules()}
+
+    before = fields()
+    assert fq_config.all_rules() is not fq_config.all_rules()  # each caller gets its own list
+    base = registry.STRATEGIES["equal"]
+    extra = schema.Rule("client.test_only_knob", schema.never, "nothing")
+    registry.register(dataclasses.replace(base, name="test_only", rules=(extra,)))
+    try:
+        assert fields() == before | {"client.test_only_knob"}
+        registry.STRATEGIES["test_only"] = dataclasses.replace(base, name="test_only")
+        assert fields() == before
+    finally:
+        del registry.STRATEGIES["test_only"]
+    assert fields() == before
+
+
 def test_memory_estimate_counts_the_arrays_a_run_really_allocates():
     # the transition term is what the builder allocates with one successor per (s, a), byte
     # for byte, and a lower bound with more
@@ -304,6 +328,17 @@ def test_a_second_run_into_a_held_output_dir_is_refused_naming_the_first(tmp_pat
     assert third.returncode == 0, third.stderr  # the dead run's lock is taken over
     assert len(outputs.read_metrics(out / outputs.METRICS_FILE)) == 2
     assert not (out / outputs.LOCK_FILE).exists()
+
+
+def test_a_lock_record_replaces_a_longer_stale_one(tmp_path):
+    """The lock file holds exactly this run's record, also over a longer one a dead run left
+    (the record is written, then the file cut to its length)."""
+    stale = {"pid": 999999, "host": "h" * 500, "started": "then", "command": ["x"] * 100}
+    (tmp_path / outputs.LOCK_FILE).write_text(json.dumps(stale))
+    with outputs.hold_output_dir(tmp_path):
+        record = json.loads((tmp_path / outputs.LOCK_FILE).read_text())
+        assert record["pid"] == os.getpid() and record["host"] != stale["host"]
+    assert not (tmp_path / outputs.LOCK_FILE).exists()
 
 
 def test_summary_records_the_engine_that_ran(tmp_path):

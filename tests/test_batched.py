@@ -238,6 +238,54 @@ def test_shipped_woo_experiments_default_to_batched_and_equal_inprocess(tmp_path
     assert np.array_equal(fast.q_table, ref.q_table)
 
 
+def test_table_dedup_gives_each_distinct_array_one_row():
+    """batched._Tables (identity first, then content): the rows are the distinct arrays in
+    order of first appearance, each array's index that of its equal row, as a plain
+    search by value gives them; a shared object and an equal copy get the same row."""
+    from flower_qlearn.batched import _Tables
+
+    rng = np.random.default_rng(3)
+    base = [rng.random((2, 3)) for _ in range(4)]
+    arrays = [base[0], base[1], base[0], base[0].copy(), base[2], np.asfortranarray(base[1]),
+              base[3], base[2], base[3].copy()]
+    tables = _Tables()
+    got = [tables.index(a) for a in arrays]
+    unique: list[np.ndarray] = []
+    for a in arrays:
+        if not any(np.array_equal(u, a) for u in unique):
+            unique.append(a)
+    assert got == [next(i for i, u in enumerate(unique) if np.array_equal(u, a))
+                   for a in arrays]
+    assert np.array_equal(tables.stacked("test"), np.stack(unique))
+
+
+def test_batched_histories_are_the_rows_a_round_by_round_engine_records():
+    """batched._Rounds: each job's history (a table sharing the group's columns) has the rows
+    {**shared, **errors, "wall_s": wall} in that key order; rounds whose keys differ give
+    those rows as a list of dicts."""
+    from flower_qlearn.batched import _Rounds
+    from flower_qlearn.outputs import MetricsTable
+
+    def expected(rounds, job):
+        return [{**shared, **errors[job], "wall_s": wall} for shared, errors, wall in rounds]
+
+    same = [({"round": r, "samples_per_agent": 50 * r, "accepted": 4, "gamma": 0.9 + r},
+             [{"q_error": r / (j + 1), "normalized_q_error": r / (j + 2)} for j in range(3)],
+             0.25 * r) for r in range(1, 6)]
+    varying = [*same[:2], ({"round": 3, "accepted": 4}, same[2][1], 1.0)]
+    for rounds, kind in ((same, MetricsTable), (varying, list)):
+        log = _Rounds()
+        for shared, errors, wall in rounds:
+            log.add(shared, errors, wall)
+        for job in range(3):
+            history = log.history(job)
+            assert isinstance(history, kind)
+            assert [list(r.items()) for r in history] == [
+                list(r.items()) for r in expected(rounds, job)]
+            assert list(history[-1].items()) == list(expected(rounds, job)[-1].items())
+    assert _Rounds().history(0) == []
+
+
 def test_a_copier_copy_is_what_deepcopy_gives():
     """The launcher copies each group set's composition by pickle (``sweep_compose.copier``):
     every key, value, interpolation and flag as ``copy.deepcopy`` gives them, the hydra node
@@ -268,6 +316,107 @@ def test_a_copier_copy_is_what_deepcopy_gives():
         assert second.seed == reference.seed == original.seed != 12345
     assert "hydra" in cfg and "hydra" not in task_config(cfg)
     assert OmegaConf.is_struct(task_config(cfg)) == OmegaConf.is_struct(cfg)
+
+
+def test_the_sweep_composer_gives_hydras_job_configs_and_their_changed_paths():
+    """sweep_compose.SweepComposer against Hydra's own load_sweep_config: each job's whole
+    config (hydra node included) is Hydra's; and two jobs of one group set differ only at the
+    paths changes() reports (what SectionTexts reuses the other sections on)."""
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.types import RunMode
+    from omegaconf import OmegaConf
+
+    from flower_qlearn.launcher import without_job_figures
+    from flower_qlearn.sweep_compose import SweepComposer
+
+    def leaves(node, path=""):
+        if isinstance(node, dict):
+            for key, value in node.items():
+                yield from leaves(value, f"{path}.{key}" if path else key)
+        else:
+            yield path, node
+
+    with initialize_config_dir(str(fq_config.config_dir()), version_base=None):
+        loader = GlobalHydra.instance().config_loader()
+        master = loader.load_configuration(
+            "config", ["+experiment=woo_heterogeneity", "hydra.sweep.dir=/tmp/x", "num_rounds=5"],
+            RunMode.MULTIRUN)
+        composer = SweepComposer(loader, master, without_job_figures)
+        jobs = [[f"strategy={st}", f"client.behavior={be}", f"seed={seed}"]
+                for st in ("equal", "importance") for be in ("disjoint", "uniform")
+                for seed in (0, 7)]
+        configs = [composer.load(job) for job in jobs]
+        for job, cfg in zip(jobs, configs, strict=True):
+            expected = loader.load_sweep_config(master, without_job_figures(job))
+            assert OmegaConf.to_container(cfg) == OmegaConf.to_container(expected), job
+    assert composer.enabled
+    for first, second in ((0, 1), (0, 3), (4, 7)):  # same group set (strategy), other values
+        (group, paths), (group_2, paths_2) = (composer.changes(configs[i]) for i in (first, second))
+        assert group == group_2 and paths == paths_2
+        a, b = (dict(leaves(OmegaConf.to_container(configs[i]))) for i in (first, second))
+        differing = {key for key in a if a[key] != b[key]}
+        assert differing and all(any(key == p or key.startswith(p + ".") for p in paths)
+                                 for key in differing), differing
+    assert composer.changes(OmegaConf.create({})) is None
+
+
+def test_section_texts_are_the_whole_configs_yaml(monkeypatch):
+    """yaml_text.SectionTexts (the batched launcher's .hydra files: each section shared by the
+    jobs of a group set emitted once) against config_yaml of each whole config, for copies of
+    one composition changed at the given paths: top-level and nested values, the hydra node's
+    per-job entries, lists, a multi-line string, an interpolation, a mapping replaced by None,
+    paths into a list or to a missing key (emitted whole); and its first-config check turns
+    the reuse off when the assembled text differs."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf, open_dict
+
+    from flower_qlearn import yaml_text
+    from flower_qlearn.sweep_compose import copier, task_config
+    from flower_qlearn.yaml_text import SectionTexts, config_yaml
+
+    with initialize_config_dir(str(fq_config.config_dir()), version_base=None):
+        base = compose("config", ["+experiment=woo_heterogeneity"], return_hydra_config=True)
+    make = copier(base)
+    # (values set, further paths declared changed)
+    changes = [
+        ({"seed": 3, "client.behavior": "uniform"}, []),
+        ({"seed": 4, "client.behavior": "disjoint", "hydra.job.num": 7, "hydra.job.id": "7",
+          "hydra.runtime.output_dir": "/tmp/x/7", "hydra.overrides.task": ["seed=4", "a=b"]},
+         []),
+        ({"mdp.gamma": 0.5, "hydra.job.override_dirname": "seed=5,x=y"}, ["hydra.verbose"]),
+        ({"plot.title": "two\nlines: 'quoted' and a long one " + "x" * 90,
+          "log_every": "${seed}"}, []),
+        ({"client.slow_agents": [1, 2], "plot.reach": None}, ["client.slow_agents.0"]),
+        ({"plot.reach": {"q_error": 0.1, "deeper": {"a": [1, {"b": None}]}}}, []),
+        ({"seed": 9}, ["nope.x"]),
+        ({}, []),
+    ]
+    texts = SectionTexts()
+    for values, declared in changes:
+        cfg = make()
+        with open_dict(cfg):
+            for path, value in values.items():
+                OmegaConf.update(cfg, path, value, merge=False)
+        hydra_node = {"hydra": cfg.hydra}
+        task = task_config(cfg)
+        paths = [*values, *declared]
+        assert texts.text(task, "config", [p for p in paths if not p.startswith("hydra.")]) \
+            == config_yaml(task), values
+        assert texts.text(hydra_node, "hydra", [p for p in paths if p.startswith("hydra.")]) \
+            == config_yaml(hydra_node), values
+    assert texts.enabled and texts._texts  # sections were reused, none found different
+
+    def broken(path, value):  # an entry's text that is not what the whole config emits
+        heads, body = entry_text(path, value)
+        return heads, body.replace("seed", "seeds")
+
+    entry_text = yaml_text._entry_text
+    monkeypatch.setattr(yaml_text, "_entry_text", broken)
+    checked = SectionTexts()
+    cfg = task_config(make())
+    assert checked.text(cfg, "config", ["seed"]) == config_yaml(cfg)
+    assert not checked.enabled
 
 
 def test_settings_for_are_the_run_configs_settings(tmp_path):

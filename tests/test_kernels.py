@@ -100,6 +100,35 @@ def test_async_q_steps_follows_the_markov_chain(problem):
     assert final == chain.state
 
 
+@pytest.mark.parametrize(("num_states", "num_actions"), [(260, 2), (3, 260)])
+def test_the_markov_kernels_follow_the_chain_on_long_rows(num_states, num_actions):
+    """Rows longer than the counting limit (bisected: async_q_steps's and q_operator_batch's
+    loop that tests each row's length, not the short-rows one) give the chain's transitions."""
+    rng = np.random.default_rng(num_states * num_actions)
+    P = rng.dirichlet(np.full(num_states, 0.3), size=(num_states, num_actions))
+    reward = rng.random((num_states, num_actions))
+    policy = behavior_policy("dirichlet", num_states, num_actions, agent=0, num_agents=1, seed=2)
+    q0 = rng.normal(size=(num_states, num_actions))
+    chain = MarkovChain(P, policy, state=1, rng=np.random.default_rng(8))
+    states, actions, next_states = chain.sample(2000)
+    uniforms = np.random.default_rng(8).random((2000, 2))  # the chain's own uniforms
+    p, pi = next_state_table(Transitions.from_dense(P)), action_table(policy)
+    assert max(p.value.shape[-1], pi.value.shape[-1]) > 256
+    q, counts = q0.copy(), np.zeros(q0.shape, dtype=np.int64)
+    final = async_q_steps(q, counts, reward, GAMMA, 0.2, p.kind, p.next, p.value, p.alias,
+                          pi.value, pi.alias, 1, uniforms)
+    expected_q, expected_counts = reference_async(q0, reward, GAMMA, 0.2, states, actions,
+                                                  next_states)
+    np.testing.assert_array_equal(q, expected_q)
+    np.testing.assert_array_equal(counts, expected_counts)
+    assert final == chain.state
+    g, final = q_operator_batch(q0, reward, GAMMA, p.kind, p.next, p.value, p.alias, pi.value,
+                                pi.alias, 1, uniforms)
+    np.testing.assert_array_equal(
+        g, reference_q_operator(q0, reward, GAMMA, states, actions, next_states))
+    assert final == chain.state
+
+
 def test_average_reward_steps_equals_reference(problem):
     P, reward, _, q0 = problem
     rng = np.random.default_rng(5)

@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 
+from flower_qlearn.samplers import cdf_index, rows_are_short
 from flower_qlearn.sampling import (
     BEHAVIORS,
     GenerativeModel,
@@ -76,6 +77,12 @@ def test_inverse_cdf_on_short_and_long_rows(n):
     got = [inverse_cdf(cdf, u) for u in us]
     np.testing.assert_array_equal(got, np.searchsorted(cdf, us, side="right"))
     assert np.all(probabilities[got] > 0)
+    # cdf_index: the same index, also when the caller says every row is short (it counts)
+    np.testing.assert_array_equal([cdf_index(cdf, u, False) for u in us], got)
+    if rows_are_short(cdf[None, :], cdf[None, None, :]):
+        np.testing.assert_array_equal([cdf_index(cdf, u, True) for u in us], got)
+    assert rows_are_short(cdf[None, :], np.ones((1, 1, 3))) == (n <= 256)
+    assert rows_are_short(np.ones((1, 3)), cdf[None, None, :]) == (n <= 256)
 
 
 # --------------------------------------------------------------------------- generative model

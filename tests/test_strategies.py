@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 
 import numpy as np
@@ -128,6 +129,44 @@ def test_importance_weights_unvisited_entries_get_one_over_k():
     tables[2, 0, 0] = 42.0
     average = importance_average(tables, counts, LR)
     np.testing.assert_allclose(average[unvisited], broadcast[unvisited], rtol=1e-15)
+
+
+def test_importance_average_is_the_plain_numpy_expression_bit_for_bit():
+    """importance_weights/importance_average (in place, no copy of int64 counts) give exactly
+    the plain expressions' numbers: softmax of (N - max N) * -log1p(-lr), then sum(w * Q);
+    for int64, unsigned and float counts and lr = 1; the inputs are left as they were."""
+    rng = np.random.default_rng(7)
+    tables = rng.normal(size=(6, 40, 3))
+    for counts in (rng.integers(0, 60, size=(6, 40, 3)),
+                   rng.integers(0, 60, size=(6, 40, 3)).astype(np.uint16),
+                   rng.integers(0, 60, size=(6, 40, 3)).astype(np.float64)):
+        before = counts.copy()
+        for lr in (0.05, 0.5, 1.0):
+            wide = counts.astype(np.int64 if counts.dtype.kind in "iu" else np.float64)
+            excess = wide - wide.max(axis=0, keepdims=True)
+            raw = ((excess == 0).astype(np.float64) if lr == 1.0
+                   else np.exp(excess.astype(np.float64) * -math.log1p(-lr)))
+            weights = raw / raw.sum(axis=0, keepdims=True)
+            assert np.array_equal(importance_weights(counts, lr), weights)
+            assert np.array_equal(importance_average(tables, counts, lr),
+                                  np.sum(weights * tables, axis=0))
+        assert np.array_equal(counts, before) and counts.dtype == before.dtype
+
+
+def test_the_value_bound_refuses_exactly_what_max_abs_exceeds():
+    """A reply is refused by the value bound iff max |q| > bound (the check takes max and min
+    instead of building |q|): at the bound, just above it, on either sign."""
+    from flower_qlearn.strategies.validation import ArraySpec, _check_array
+
+    spec = ArraySpec("q", (2, 2), "float")
+    for extreme in (100.0, -100.0, np.nextafter(100.0, 200.0), -np.nextafter(100.0, 200.0),
+                    99.5, -0.0):
+        q = np.array([[0.5, -1.0], [extreme, 3.0]])
+        if np.max(np.abs(q)) > 100.0:
+            with pytest.raises(InvalidReply, match=r"\|value\| .* > bound 100"):
+                _check_array(q, spec, 100.0)
+        else:
+            assert _check_array(q, spec, 100.0) is q
 
 
 def test_importance_weights_sum_to_one():
@@ -474,3 +513,18 @@ def test_configure_train_waits_for_the_expected_nodes():
         strategy = EqualAveraging(2, 2, min_available_nodes=3, wait_timeout=0.1)
         assert strategy.configure_train(1, ArrayRecord({"q": Array(np.zeros((2, 2)))}),
                                         ConfigRecord({}), grid) == []
+
+
+def test_load_all_imports_every_module_of_the_package():
+    """registry.load_all (its module list read once per process) imports each module that
+    pkgutil lists in the strategies package."""
+    import pkgutil
+    import sys
+
+    from flower_qlearn.strategies import registry
+
+    registry.load_all()
+    package = sys.modules[registry.__name__.rpartition(".")[0]]
+    listed = [f"{package.__name__}.{m.name}" for m in pkgutil.iter_modules(package.__path__)]
+    assert list(registry._package_modules()) == listed and len(listed) > 5
+    assert all(name in sys.modules for name in listed)

@@ -99,6 +99,11 @@ def test_grouping_picks_the_varying_override(multirun):
     groups = sweeps.group_jobs(jobs, ["strategy"])
     assert list(groups) == [("equal",), ("importance",)]
     assert [len(g) for g in groups.values()] == [SEEDS, SEEDS]
+    # a job's config (read when first used) is its .hydra/config.yaml
+    for job in jobs:
+        expected = yaml.safe_load((job.path / ".hydra" / "config.yaml").read_text())
+        assert dict(job.config) == expected and job.config == expected
+        assert job.config.get("seed") == expected["seed"] and "strategy" in job.config
 
 
 def test_aggregate_equals_hand_computation(multirun):
@@ -207,6 +212,67 @@ def test_read_metrics_reads_what_csv_dictreader_reads(tmp_path):
     assert [r["round"] for r in got] == [1, 2, 3] and got[2]["empty"] == 4
 
 
+def test_a_metrics_table_is_read_metrics_rows_and_columns(tmp_path):
+    """outputs.read_metrics_table (what load_job keeps: columns parsed when asked for) against
+    the rows read_metrics gives: the same rows, each column the rows' values of that key, and
+    Job.column the same float64 arrays (NaN for empty cells or a missing column) as the plain
+    computation from those rows; for regular files, truncated rows, a repeated column name,
+    a header alone and an empty file."""
+    from flower_qlearn.outputs import read_metrics, read_metrics_table
+
+    texts = [
+        "round,q_error,mixed,empty,signed\r\n1,0.5,1,,+3\r\n2,nan,0.5,,-1\r\n3,1e-05,inf,4, 7\r\n",
+        "round,q_error,rejected,extra\n1,0.5,0,\n\n2,1e-05,3,nan\n3,inf,-2,+4\n4,0.25\n",
+        "round,x,x\n1,2,3.5\n2,,4\n",
+        "round,q_error\n",
+        "",
+    ]
+    path = tmp_path / "metrics.csv"
+    for text in texts:
+        path.write_text(text)
+        rows = read_metrics(path)
+        table = read_metrics_table(path)
+        for name in (*(rows[0] if rows else ()), "absent"):
+            assert repr(table.column(name)) == repr([row.get(name) for row in rows]), name
+            fast = sweeps.Job(path, None, {}, table).column(name)
+            plain = sweeps.Job(path, None, {}, rows).column(name)
+            assert fast.dtype == plain.dtype and np.array_equal(fast, plain, equal_nan=True)
+        assert len(table) == len(rows) and repr(list(table)) == repr(rows)
+        assert repr(table[-1:]) == repr(rows[-1:]) and bool(table) == bool(rows)
+        if "nan" not in text:  # (nan != nan: a dict holding one is unequal to its copy)
+            assert table == rows
+
+
+def test_metrics_text_of_a_table_is_that_of_its_rows():
+    """A MetricsTable (the batched engine's histories: shared tuple columns, own lists) gives
+    the metrics.csv text of its rows, converted once for a shared column; its rows, row
+    access and history_column are those of the row dicts."""
+    from flower_qlearn.outputs import MetricsTable, history_column, metrics_text
+
+    n = 25
+    rounds, walls = tuple(range(1, n + 1)), tuple(0.5 + r / 3 for r in range(n))
+    counts = (20,) * n
+    tables = []
+    for job in range(3):
+        errors = [float("nan") if r == 3 else (r + job) / 7 for r in range(n)]
+        extra = [None if r % 4 else r for r in range(n)]
+        tables.append(MetricsTable(
+            ["round", "accepted", "zeta", "q_error", "wall_s"],
+            [rounds, counts, extra, errors, walls], n))
+    tables.append(MetricsTable(["round", "q_error"], [(), []], 0))
+    for table in tables:
+        rows = list(table)
+        assert metrics_text(table) == metrics_text(rows)
+        assert repr(table[2:5]) == repr(rows[2:5]) and len(table) == len(rows)
+        if rows:
+            assert repr(table[-1]) == repr(rows[-1]) and list(table[0]) == list(rows[0])
+        for name in ("round", "zeta", "q_error", "absent"):
+            assert repr(list(history_column(table, name))) == repr(
+                history_column(rows, name)) == repr([r.get(name) for r in rows])
+    with pytest.raises(IndexError):
+        tables[0][n]
+
+
 def test_write_metrics_writes_what_csv_dictwriter_writes(tmp_path):
     """DESIGN.md columns first, extras sorted after; None and a missing key are empty cells."""
     from flower_qlearn.outputs import METRIC_COLUMNS, read_metrics, write_metrics
@@ -225,6 +291,41 @@ def test_write_metrics_writes_what_csv_dictwriter_writes(tmp_path):
             writer.writerows([{k: "" if v is None else v for k, v in r.items()} for r in history])
         assert path.read_text() == (tmp_path / "expected.csv").read_text()
         assert [r["round"] for r in read_metrics(path)] == [r["round"] for r in history]
+
+
+def test_metrics_text_is_what_csv_writer_writes():
+    """outputs.metrics_text (columns of numbers joined without csv's per-cell checks) against
+    the plain csv.writer of every row: ints and floats (their repr: nan, inf, -0.0, 1e-300,
+    1e+16), big ints, missing keys and None as empty cells, bool, numpy scalars, strings that
+    need quoting, a header that needs quoting, no rows at all."""
+    import io
+
+    from flower_qlearn.outputs import METRIC_COLUMNS, metrics_text
+
+    def plain(history):
+        columns = list(METRIC_COLUMNS) + sorted({k for row in history for k in row}
+                                                - set(METRIC_COLUMNS))
+        fh = io.StringIO(newline="")
+        writer = csv.writer(fh)
+        writer.writerow(columns)
+        writer.writerows([[row.get(c) for c in columns] for row in history])
+        return fh.getvalue()
+
+    floats = [0.1, 1 / 3, -0.0, 0.0, float("nan"), float("inf"), float("-inf"), 1e-300, 1e16,
+              5e-324, 2.5, 123456789.125, -7.0]
+    batched = [{"round": r, "samples_per_agent": 50 * r, "accepted": 20, "rejected": 0,
+                "missing": 0, "bytes_up": 11520, "bytes_down": 5760, "kept_previous": 0,
+                "q_error": floats[r % len(floats)], "normalized_q_error": 0.1 * r,
+                "wall_s": 1.0 + r / 7} for r in range(1, 40)]
+    mixed = [{"round": 1, "q_error": 2**70, "gamma": 0.9, "samples_per_agent": 50},
+             {"round": 2, "q_error": None, "samples_per_agent": 75.5, "zeta": -3},
+             {"round": 3, "q_error": 1e-5, "alpha": 1, "samples_per_agent": None}]
+    odd = [{"round": 1, "flag": True, "q_error": np.float64(0.25), "rejected": np.int64(3)},
+           {"round": 2, "flag": False, "note": 'a "quoted", odd\nvalue', "q_error": 0.5},
+           {"round": 3, "note": " padded ", "weird,name": 1, "q\nline": 2.0}]
+    for history in (batched, mixed, odd, [], [{}], batched + mixed + odd):
+        assert metrics_text(history) == plain(history), history[:2]
+    assert metrics_text([]) == ",".join(METRIC_COLUMNS) + "\r\n"
 
 
 def _job(path: str, overrides: dict[str, str], errors: list[float]) -> sweeps.Job:
