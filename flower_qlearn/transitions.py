@@ -170,24 +170,23 @@ class Transitions:
                 (self.prob.reshape(-1), self.next.reshape(-1), np.arange(0, S * A * W + 1, W)),
                 shape=(S * A, S),
             )
-        keep = self.prob.reshape(-1) > 0
-        rows = np.repeat(np.arange(S * A), W)[keep]
-        matrix = csr_matrix(
-            (self.prob.reshape(-1)[keep], (rows, self.next.reshape(-1)[keep])), shape=(S * A, S)
-        )
-        matrix.sum_duplicates()
-        return matrix
+        return self._summed_csr(np.repeat(np.arange(S * A), W), S * A)
 
     def state_graph(self):
         """``(S, S)`` CSR matrix ``sum_a P(s' | s, a)``: its nonzeros are the edges ``s -> s'``
         of some action (reachability)."""
+        S, A, W = self.next.shape
+        return self._summed_csr(np.repeat(np.arange(S), A * W), S)
+
+    def _summed_csr(self, row_of_slot: np.ndarray, num_rows: int):
+        """CSR ``(num_rows, S)`` of the stored probabilities, slot ``i`` in row
+        ``row_of_slot[i]``; padding dropped, entries of one row and successor summed."""
         from scipy.sparse import csr_matrix
 
-        S, A, W = self.next.shape
         keep = self.prob.reshape(-1) > 0
-        rows = np.repeat(np.arange(S), A * W)[keep]
         matrix = csr_matrix(
-            (self.prob.reshape(-1)[keep], (rows, self.next.reshape(-1)[keep])), shape=(S, S)
+            (self.prob.reshape(-1)[keep], (row_of_slot[keep], self.next.reshape(-1)[keep])),
+            shape=(num_rows, self.num_states),
         )
         matrix.sum_duplicates()
         return matrix
